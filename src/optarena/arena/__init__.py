@@ -1,0 +1,1 @@
+"""The arena: workloads, one training loop, tuning, a results store, analysis and reports."""

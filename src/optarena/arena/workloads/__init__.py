@@ -1,0 +1,1 @@
+"""Registered workloads; ``get_workload(name)`` builds nothing until ``build`` is called."""

@@ -1,0 +1,29 @@
+"""Optimizers, each a ``torch.optim.Optimizer``, and the registry the arena reads.
+
+>>> from optarena.optim import create_optimizer
+>>> opt = create_optimizer("muon", model)        # doctest: +SKIP
+"""
+
+from optarena.optim.partition import ROLES, ParameterPartition, partition_parameters
+from optarena.optim.registry import (
+    Categorical,
+    FloatRange,
+    OptimizerSpec,
+    Paper,
+    create_optimizer,
+    get_spec,
+    list_optimizers,
+    register,
+)
+
+# Importing an optimizer module registers it.
+from optarena.optim import builtin  # noqa: F401  (registers adamw, sgd)
+from optarena.optim.lion import Lion
+from optarena.optim.muon import Muon
+from optarena.optim.orthogonalize import newton_schulz, polar_factor
+
+__all__ = [
+    "ROLES", "Categorical", "FloatRange", "Lion", "Muon", "OptimizerSpec", "Paper", "ParameterPartition",
+    "create_optimizer", "get_spec", "list_optimizers", "newton_schulz", "partition_parameters", "polar_factor",
+    "register",
+]

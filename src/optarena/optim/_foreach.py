@@ -1,0 +1,69 @@
+"""Multi-tensor helpers shared by the optimizers: grouping, gradient checks, the AdamW rule."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+import torch
+
+__all__ = ["adamw_rule", "check_float", "collect_grads", "group_by_device_dtype"]
+
+
+def check_float(optimizer_name: str, p: torch.Tensor) -> None:
+    """Refuse gradients this library does not support, with a clear message."""
+    if p.grad is not None and p.grad.is_sparse:
+        raise RuntimeError(f"{optimizer_name} does not support sparse gradients; use a dense embedding")
+    if torch.is_complex(p):
+        raise RuntimeError(f"{optimizer_name} does not support complex parameters (got dtype {p.dtype})")
+
+
+def collect_grads(optimizer_name: str, params: Iterable[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Parameters that have a gradient, and their gradients."""
+    with_grad, grads = [], []
+    for p in params:
+        if p.grad is None:
+            continue
+        check_float(optimizer_name, p)
+        with_grad.append(p)
+        grads.append(p.grad)
+    return with_grad, grads
+
+
+def group_by_device_dtype(*tensor_lists: list[torch.Tensor]) -> list[tuple[list[torch.Tensor], ...]]:
+    """Split parallel lists so that each chunk has one device and dtype (foreach ops need that)."""
+    buckets: dict[Any, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensor_lists[0]):
+        buckets[(t.device, t.dtype)].append(i)
+    return [tuple([lst[i] for i in idx] for lst in tensor_lists) for idx in buckets.values()]
+
+
+def adamw_rule(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    step: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """One AdamW step (Loshchilov & Hutter, arXiv:1711.05101) on lists of one device/dtype.
+
+    ``step`` is the 1-based count after this update; the same arithmetic as ``torch.optim.AdamW``.
+    """
+    if not params:
+        return
+    beta1, beta2 = betas
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, bias_correction2_sqrt)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, -lr / bias_correction1)

@@ -16,10 +16,11 @@ from optarena.optim.registry import (
     register,
 )
 
-# Importing an optimizer module registers it.
+# Importing an optimizer module registers it; one line per module, keep sorted.
 from optarena.optim import builtin  # noqa: F401  (registers adamw, sgd)
 from optarena.optim.lion import Lion
 from optarena.optim.muon import Muon
+# (new optimizer modules: add their import line above this comment)
 from optarena.optim.orthogonalize import newton_schulz, polar_factor
 
 __all__ = [

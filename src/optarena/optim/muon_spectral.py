@@ -11,10 +11,10 @@ Feature Learning", arXiv:2310.17813) for the whole of training, without normalis
 weights. Our reconstruction, per hidden matrix ``W`` (d_out x d_in)::
 
     M <- beta M + (1 - beta) G;   U <- Nesterov blend of M and G
-    O <- NewtonSchulz5(U)                          # ||O||_2 ~ 1
-    W <- (1 - lr wd) W - lr sqrt(d_out / d_in) O   # ||dW||_2 = lr sqrt(d_out/d_in)
+    O <- NewtonSchulz5(U)                          # ||O||_2 ~ 1 (<= ~1.2 with the NS5 coefficients)
+    W <- (1 - lr wd) W - lr sqrt(d_out / d_in) O   # ||dW||_2 ~ lr sqrt(d_out/d_in)
 
-Unrolling the recursion, ``||W_t||_2 <= (1 - lr wd)^t ||W_0||_2 + sqrt(d_out/d_in) / wd``,
+Unrolling the recursion, ``||W_t||_2 <= (1 - lr wd)^t ||W_0||_2 + max||O||_2 sqrt(d_out/d_in) / wd``,
 so a weight decay of order one (default 1.0) keeps ``||W||_2 = Theta(sqrt(d_out/d_in))``
 at every width. Differences from Muon: the scale ``sqrt(d_out/d_in)`` (not
 ``sqrt(max(1, d_out/d_in))``), a weight decay of order one by default, and

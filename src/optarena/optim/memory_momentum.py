@@ -1,0 +1,274 @@
+"""Adaptive Memory momentum: AM-SGD and AM-AdamW, a momentum coefficient chosen every step.
+
+Topollai, Choromanska, "Adaptive Memory Momentum via a Model-Based Framework for Deep
+Learning Optimization" (arXiv:2510.04988, AISTATS 2026); ALGORITHMS.md §12. No official
+code is public; the β formula below is derived from the paper's model, and AM-AdamW's
+details follow an unofficial implementation (lower confidence, see below).
+
+**Model.** Around ``x_t`` the loss is modelled by two planes, the current gradient
+``f + <g, s>`` and the memory ``f̂ + <d, s>``, and the step ``s`` minimises
+``max(planes) + ‖s‖²/(2η) + λ‖s + η d‖²/(2η)``. Its dual weight β on the memory plane
+gives ``d <- ((β + λ) d + (1 - β) g) / (1 + λ)`` and ``x <- x - η d``; maximising the
+dual over β with the estimate ``f̂ - f ≈ η <g, d>`` gives
+
+    β = clip( (‖g‖² + 2λ<g, d> - λ‖d‖²) / ‖d - g‖²,  0, β_max )
+      = clip( (1 + λ) ‖g‖² / ‖d - g‖² - λ,  0, β_max )
+
+**AM-SGD** takes every inner product over *all* parameters of all groups (one β for the
+model; distributed training needs an all-reduce of two scalars). First step: ``d = g``.
+``‖d - g‖ = 0`` gives β = 0 (then the update is ``d = g`` whatever β is).
+``weight_decay`` is coupled (added to the gradient) as in ``torch.optim.SGD``.
+
+**AM-AdamW** (per tensor, lower confidence). The proximal terms use the diagonal
+metric ``P = (1 - β_max ∏_{i<t} β_i)(sqrt(v̂) + eps)`` (Adam's denominator, with a first-
+moment bias correction for the varying β) for ``‖s‖²`` and ``P²`` for the memory term,
+which gives, with ``a = λ P`` and ``M = 1 / (P (1 + a))`` elementwise::
+
+    v <- b2 v + (1 - b2) g²;   u = d - g
+    β  = clip( [ (η_{t-1}/η_t) <g, d/P + wd θ> - <u, M (g + a d)> ] / <u, M u>,  0, β_max )
+    d <- d - (1 - β) u / (1 + a)            # = (I + λP)⁻¹((1 - β) g + (λP + β) d)
+    θ <- θ (1 - η wd) - η d / P
+
+The first term estimates ``(f̂ - f)/η`` by the previous displacement (with the current
+``P`` and ``θ`` standing in for the previous ones). On each tensor's first step β =
+β_max and ``d = 0``, which reproduces Adam's first step. With λ = 0 and β fixed this is
+AdamW. The unofficial code's defaults are β_max = 0.89 and λ = 0.1.
+
+State: AM-SGD one tensor (4 bytes/param fp32); AM-AdamW two tensors (8 bytes/param)
+plus one scalar per tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+
+from optarena.optim._foreach import collect_grads, group_by_device_dtype
+from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+
+__all__ = ["AMAdamW", "AMSGD"]
+
+
+def _check_lambda_beta(name: str, model_lambda: float, beta_max: float) -> None:
+    if not model_lambda >= 0.0:
+        raise ValueError(f"{name} model_lambda must be >= 0, got model_lambda={model_lambda}")
+    if not 0.0 <= beta_max < 1.0:
+        raise ValueError(f"{name} beta_max must be in [0, 1), got beta_max={beta_max}")
+
+
+def _sum_of_squares(tensors: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Σ‖t‖² over a list (possibly mixed dtypes), accumulated in ``dtype`` on ``device``."""
+    total = torch.zeros((), device=device, dtype=dtype)
+    for chunk in group_by_device_dtype(tensors):
+        ts = chunk[0]
+        acc = torch.promote_types(ts[0].dtype, torch.float32)
+        norms = torch._foreach_norm(ts, 2, dtype=acc)
+        total = total + torch.stack(norms).to(device=device, dtype=dtype).square().sum()
+    return total
+
+
+class AMSGD(torch.optim.Optimizer):
+    """AM-SGD: SGD whose momentum coefficient comes from a two-plane model (see module docstring).
+
+    Args:
+        params: tensors or param-group dicts.
+        lr: learning rate (>= 0, default 0.1).
+        model_lambda: λ, weight of the memory proximal term (>= 0, default 0.1).
+        beta_max: upper clip of β in [0, 1) (default 0.9).
+        weight_decay: L2 penalty added to the gradient (>= 0, default 0).
+        foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
+
+    ``model_lambda`` and ``beta_max`` are optimizer-wide (β is one number for the model).
+    ``last_beta`` holds the β of the latest step (a 0-d tensor).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.1,
+        model_lambda: float = 0.1,
+        beta_max: float = 0.9,
+        weight_decay: float = 0.0,
+        foreach: bool = True,
+    ) -> None:
+        if not (isinstance(lr, (int, float)) and lr >= 0.0):
+            raise ValueError(f"AMSGD lr must be a float >= 0, got lr={lr!r}")
+        _check_lambda_beta("AMSGD", model_lambda, beta_max)
+        if not weight_decay >= 0.0:
+            raise ValueError(f"AMSGD weight_decay must be >= 0, got weight_decay={weight_decay}")
+        self.model_lambda = model_lambda
+        self.beta_max = beta_max
+        self.last_beta: torch.Tensor | None = None
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, foreach=foreach))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        lam = self.model_lambda
+        per_group = []
+        all_grads, all_diffs = [], []
+        for group in self.param_groups:
+            params, grads = collect_grads("AMSGD", group["params"])
+            if group["weight_decay"] != 0:
+                grads = [g.add(p, alpha=group["weight_decay"]) for p, g in zip(params, grads)]
+            fresh, old, bufs, diffs = [], [], [], []
+            for i, p in enumerate(params):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = grads[i].clone()  # first step: d = g
+                    fresh.append(i)
+                else:
+                    old.append(i)
+                    bufs.append(state["momentum_buffer"])
+            old_grads = [grads[i] for i in old]
+            if group["foreach"]:
+                diffs = list(torch._foreach_sub(old_grads, bufs)) if bufs else []
+            else:
+                diffs = [g - d for g, d in zip(old_grads, bufs)]
+            all_grads += old_grads
+            all_diffs += diffs
+            per_group.append((group, params, old_grads, bufs, diffs))
+        if all_diffs:
+            device = all_diffs[0].device
+            dtype = torch.float64 if any(t.dtype == torch.float64 for t in all_diffs) else torch.float32
+            grad_sq = _sum_of_squares(all_grads, device, dtype)
+            diff_sq = _sum_of_squares(all_diffs, device, dtype)
+            beta = torch.where(diff_sq > 0, ((1 + lam) * grad_sq / diff_sq - lam).clamp(0.0, self.beta_max),
+                               torch.zeros_like(diff_sq))
+            weight = (1 - beta) / (1 + lam)  # d <- d + weight (g - d)
+            self.last_beta = beta
+        for group, params, old_grads, bufs, diffs in per_group:
+            if bufs:
+                if group["foreach"]:
+                    for ds, us in group_by_device_dtype(bufs, diffs):
+                        torch._foreach_mul_(us, weight.to(device=us[0].device, dtype=us[0].dtype))
+                        torch._foreach_add_(ds, us)
+                else:
+                    for d, u in zip(bufs, diffs):
+                        d.add_(u.mul_(weight.to(device=u.device, dtype=u.dtype)))
+            moms = [self.state[p]["momentum_buffer"] for p in params]
+            if group["foreach"]:
+                for ps, ms in group_by_device_dtype(params, moms):
+                    torch._foreach_add_(ps, ms, alpha=-group["lr"])
+            else:
+                for p, m in zip(params, moms):
+                    p.add_(m, alpha=-group["lr"])
+        return loss
+
+
+class AMAdamW(torch.optim.Optimizer):
+    """AM-AdamW: AdamW with a per-tensor adaptive momentum coefficient (see module docstring).
+
+    Args:
+        params: tensors or param-group dicts.
+        lr: learning rate (>= 0, default 1e-3).
+        betas: (β_max, b2): the clip of the adaptive β1 and the second-moment decay (default (0.89, 0.999)).
+        eps: added to Adam's denominator (default 1e-8).
+        weight_decay: decoupled, multiplied by lr (default 0.01).
+        model_lambda: λ of the memory proximal term (default 0.1).
+
+    Updates are per tensor (β needs three reductions per tensor), so there is no foreach flag.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.89, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        model_lambda: float = 0.1,
+    ) -> None:
+        if not (isinstance(lr, (int, float)) and lr >= 0.0):
+            raise ValueError(f"AMAdamW lr must be a float >= 0, got lr={lr!r}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"AMAdamW betas must be in [0, 1), got betas={betas!r}")
+        _check_lambda_beta("AMAdamW", model_lambda, betas[0])
+        if not eps > 0.0:
+            raise ValueError(f"AMAdamW eps must be > 0, got eps={eps}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"AMAdamW weight_decay must be >= 0, got weight_decay={weight_decay}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, model_lambda=model_lambda)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = collect_grads("AMAdamW", group["params"])
+            if not params:
+                continue
+            beta_max, beta2 = group["betas"]
+            lr, eps, wd, lam = group["lr"], group["eps"], group["weight_decay"], group["model_lambda"]
+            group["step"] = t = group.get("step", 0) + 1
+            prev_lr = group.get("prev_lr", lr)
+            gap_scale = prev_lr / lr if lr > 0 else 1.0
+            group["prev_lr"] = lr
+            bc2_sqrt = math.sqrt(1 - beta2**t)
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                acc = torch.promote_types(p.dtype, torch.float32)  # reductions and β in at least fp32
+                first = "exp_avg" not in state
+                if first:
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    state["beta_product"] = torch.ones((), device=p.device, dtype=acc)
+                d, v, prod = state["exp_avg"], state["exp_avg_sq"], state["beta_product"]
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                correction = (1 - beta_max * prod).to(p.dtype)
+                precond = v.sqrt().div_(bc2_sqrt).add_(eps).mul_(correction)  # P
+                damp = precond * lam + 1  # 1 + a, a = λP
+                diff = d - g  # u
+                if first:
+                    beta = torch.full((), beta_max, device=p.device, dtype=acc)
+                else:
+                    metric = (precond * damp).reciprocal_()  # M
+                    gap = (g * (d / precond).add_(p, alpha=wd)).sum(dtype=acc) * gap_scale
+                    pull = (diff * metric * (g + (damp - 1) * d)).sum(dtype=acc)
+                    curvature = (diff.square() * metric).sum(dtype=acc)
+                    beta = torch.where(curvature > 0, ((gap - pull) / curvature).clamp(0.0, beta_max),
+                                       torch.full_like(curvature, beta_max))
+                d.sub_(diff.mul_((1 - beta).to(p.dtype)).div_(damp))
+                prod.mul_(beta)
+                if wd != 0:
+                    p.mul_(1 - lr * wd)
+                p.addcdiv_(d, precond, value=-lr)
+        return loss
+
+
+_PAPER = Paper("Adaptive Memory Momentum via a Model-Based Framework for Deep Learning Optimization",
+               "2510.04988", 2025)
+
+register(
+    OptimizerSpec(
+        name="am_sgd",
+        cls=AMSGD,
+        family="elementwise",
+        defaults=dict(lr=0.1, model_lambda=0.1, beta_max=0.9, weight_decay=0.0),
+        search_space=dict(lr=FloatRange(3e-3, 3.0), weight_decay=FloatRange(1e-6, 1e-3)),
+        state_bytes=4.0,
+        paper=_PAPER,
+        description="SGD with a model-wide momentum coefficient from a two-plane proximal model",
+    )
+)
+
+register(
+    OptimizerSpec(
+        name="am_adamw",
+        cls=AMAdamW,
+        family="elementwise",
+        defaults=dict(lr=1e-3, betas=(0.89, 0.95), eps=1e-8, weight_decay=0.1, model_lambda=0.1),
+        search_space=dict(lr=FloatRange(3e-4, 3e-2), weight_decay=FloatRange(1e-3, 0.3)),
+        state_bytes=8.0,
+        paper=_PAPER,
+        description="AdamW with a per-tensor adaptive momentum coefficient (unofficial-code details)",
+    )
+)

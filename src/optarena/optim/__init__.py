@@ -18,15 +18,22 @@ from optarena.optim.registry import (
 
 # Importing an optimizer module registers it; one line per module, keep sorted.
 from optarena.optim import builtin  # noqa: F401  (registers adamw, sgd)
+from optarena.optim.adamp import AdamP, SGDP
+from optarena.optim.adan import Adan
 from optarena.optim.auon import AuON, HybridAuON
+from optarena.optim.classp import CLASSP
 from optarena.optim.drop_muon import DropMuon
 from optarena.optim.fismo import FISMO
 from optarena.optim.frugal import FRUGAL
 from optarena.optim.lion import Lion
+from optarena.optim.memory_momentum import AMAdamW, AMSGD
 from optarena.optim.mkor import MKOR, MKORH
 from optarena.optim.muon import Muon
 from optarena.optim.muon_spectral import MuonSpectral
 from optarena.optim.namo import NAMO, NAMOD
+from optarena.optim.scale import SCALE
+from optarena.optim.schedule_free import ScheduleFreeAdamW
+from optarena.optim.sophia import SophiaG, SophiaH
 # (new optimizer modules: add their import line above this comment)
 from optarena.optim.orthogonalize import newton_schulz, polar_factor
 

@@ -193,7 +193,7 @@ register(
                       weight_decay=0.0, scale="original"),
         builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
         search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3),
-                          damping=FloatRange(1e-4, 1e-1), adamw_lr=FloatRange(3e-4, 3e-2)),
+                          adamw_lr=FloatRange(3e-4, 3e-2)),
         state_bytes=20.0,  # M + P + Q + two inverse roots: ~5 float32 buffers per parameter of a square matrix
         paper=Paper("FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer (reconstructed)", "2601.21750", 2026),
         description="Kronecker-factored Fisher whitening around Muon's orthogonalised momentum "

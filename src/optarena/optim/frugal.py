@@ -46,7 +46,7 @@ from optarena.optim._foreach import collect_grads
 from optarena.optim.muon import (
     MatrixOptimizer, check_betas, check_choice, check_int, check_nonnegative, check_positive, matrix_param_groups,
 )
-from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["FRUGAL"]
 
@@ -268,7 +268,7 @@ register(
                       inactive_lr_scale=1.0, seed=0),
         builder_defaults=dict(adamw_lr=1e-3, adamw_weight_decay=0.0),
         search_space=dict(lr=FloatRange(1e-4, 1e-2), inactive_lr_scale=FloatRange(0.01, 1.0),
-                          adamw_lr=FloatRange(3e-4, 3e-2), projection=Categorical(("blockwise", "svd"))),
+                          adamw_lr=FloatRange(3e-4, 3e-2)),
         state_bytes=2.0,  # 2 * density * 4 bytes on hidden matrices at density 0.25 (+ projector)
         paper=Paper("FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training",
                     "2411.07837", 2024),

@@ -61,7 +61,7 @@ from optarena.optim.muon import (
     MatrixOptimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
     matrix_param_groups,
 )
-from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["MKOR", "MKORH", "sherman_morrison"]
 
@@ -354,8 +354,7 @@ _COMMON = dict(
 )
 _DEFAULTS = dict(lr=3e-3, momentum=0.9, weight_decay=0.0, base="adamw", inv_freq=10, stabilization_factor=0.1,
                  warmup_steps=10)
-_SEARCH = dict(lr=FloatRange(3e-4, 3e-2), weight_decay=FloatRange(1e-4, 0.3), adamw_lr=FloatRange(3e-4, 3e-2),
-               inv_freq=Categorical((1, 10, 100)))
+_SEARCH = dict(lr=FloatRange(3e-4, 3e-2), weight_decay=FloatRange(1e-4, 0.3), adamw_lr=FloatRange(3e-4, 3e-2))
 # state: the base optimizer's (AdamW 8 bytes) + (d_in^2 + d_out^2) float32 factors: 2x P for a square layer
 register(OptimizerSpec(name="mkor", cls=MKOR, defaults=_DEFAULTS, search_space=_SEARCH, state_bytes=16.0,
                        description="rank-1 Sherman-Morrison Kronecker-factor preconditioning of Linear weights "

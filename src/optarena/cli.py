@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -24,4 +28,167 @@ def list_command() -> None:
     console.print(table)
 
 
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _print_rankings(store, study: str, settings: dict) -> None:
+    from optarena.arena.analysis import summarize_study
+    from optarena.arena.report import ranking_rows
+
+    for cell in summarize_study(store, study, baseline=settings.get("baseline", "adamw")):
+        rows = ranking_rows(cell)
+        table = Table(title=f"{cell.workload}/{cell.scale}: {settings.get('trials')} trials x "
+                            f"{settings.get('seeds')} seeds each, {cell.steps} steps")
+        columns = [c for c in (rows[0] if rows else {}) if c != "best hyperparameters"]
+        for col in columns:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*(row[c] for c in columns))
+        console.print(table)
+        for row in rows:
+            console.print(f"  {row['optimizer']}: {row['best hyperparameters']}")
+
+
+@app.command()
+def arena(
+    workloads: str = typer.Option("lm", help="comma-separated workloads"),
+    scales: str = typer.Option(None, help="comma-separated scales (default: each workload's first)"),
+    optimizers: str = typer.Option("adamw,sgd,muon,lion", help="comma-separated registry names"),
+    budget: str = typer.Option("default", help="preset: smoke (<2 min), default (<10 min), full"),
+    trials: int = typer.Option(None, help="trials per optimizer (overrides the preset)"),
+    seeds: int = typer.Option(None, help="seeds for each best configuration (overrides the preset)"),
+    steps: int = typer.Option(None, help="training steps per run (default: the workload's budget)"),
+    protocol: str = typer.Option("random", help="tuning protocol: random (Halton) or tpe"),
+    schedule: str = typer.Option("cosine", help="schedule with options, e.g. wsd:decay_fraction=0.2"),
+    seed: int = typer.Option(0, help="base seed"),
+    out: Path = typer.Option(Path("arena-results"), help="output directory"),
+    storage: str = typer.Option(None, help="SQLAlchemy URL (default: a SQLite file in --out)"),
+) -> None:
+    """Tune every optimizer with the same budget, then rank them (rerunning resumes)."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from optarena.arena.report import write_report
+    from optarena.arena.runner import ArenaConfig, cells_of, run_arena
+
+    try:
+        config = ArenaConfig(
+            workloads=_split(workloads), scales=_split(scales), optimizers=_split(optimizers), budget=budget,
+            trials=trials, seeds=seeds, steps=steps, protocol=protocol, schedule=schedule, seed=seed, out=out,
+            storage=storage,
+        )
+    except (ValidationError, ValueError) as err:
+        _fail(str(err))
+    settings = config.study_settings()
+    runs_total = len(cells_of(config)) * len(config.optimizers) * (settings["trials"] + settings["seeds"] - 1)
+    started = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("runs", total=runs_total)
+        steps_bar = progress.add_task("  steps of current run", total=1)
+
+        def on_run(cell: str, label: str, result) -> None:
+            note = "reused" if result.reused else result.status
+            loss = f"{result.final_eval_loss:.4f}" if result.final_eval_loss is not None else "—"
+            progress.console.print(f"{cell} {label}: {note}, final eval loss {loss}")
+            progress.advance(bar)
+
+        def on_step(done: int, total: int) -> None:
+            progress.update(steps_bar, completed=done, total=total)
+
+        store, study, _ = run_arena(config, on_run=on_run, on_step=on_step)
+    report = write_report(store, study, config.out, settings)
+    _print_rankings(store, study, settings)
+    console.print(f"report: {report}  database: {config.storage_url()}  "
+                  f"wall time: {time.perf_counter() - started:.0f} s")
+
+
+@app.command()
+def run(
+    optimizer: str = typer.Option("adamw", help="registry name"),
+    workload: str = typer.Option("lm"),
+    scale: str = typer.Option(None, help="default: the workload's first scale"),
+    hparams: str = typer.Option("{}", help='JSON overrides, e.g. \'{"lr": 0.003}\''),
+    steps: int = typer.Option(None),
+    schedule: str = typer.Option("cosine"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("arena-results")),
+    storage: str = typer.Option(None),
+) -> None:
+    """Train one configuration and record it."""
+    from pydantic import ValidationError
+
+    from optarena.arena.store import ResultStore, default_storage_url
+    from optarena.arena.trainer import RunConfig, train
+    from optarena.arena.workloads import get_workload
+    from optarena.schedules import parse_schedule
+
+    try:
+        overrides = json.loads(hparams)
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--hparams must be a JSON object, got {hparams!r}")
+        name, options = parse_schedule(schedule)
+        chosen_scale = scale or get_workload(workload).scales[0]
+        config = RunConfig(workload=workload, scale=chosen_scale, optimizer=optimizer, hparams=overrides,
+                           steps=steps, schedule=name, schedule_options=options, seed=seed)
+        _check_hparams(optimizer, overrides)
+    except (ValidationError, ValueError, json.JSONDecodeError) as err:
+        _fail(str(err))
+    store = ResultStore(storage or default_storage_url(out))
+    with console.status(f"training {optimizer} on {workload}/{chosen_scale}"):
+        result = train(config, store, checkpoint_dir=out / "checkpoints")
+    loss = f"{result.final_eval_loss:.4f}" if result.final_eval_loss is not None else "—"
+    console.print(f"{result.status}{' (reused)' if result.reused else ''}: final eval loss {loss}")
+    if result.status == "diverged":
+        console.print(f"diverged at step {result.diverged_step}")
+    if result.error:
+        console.print(result.error)
+        raise typer.Exit(code=1)
+
+
+def _check_hparams(optimizer: str, overrides: dict) -> None:
+    """Fail early, with the valid names, on an unknown optimizer or hyperparameter."""
+    from optarena.optim import get_spec
+
+    spec = get_spec(optimizer)
+    unknown = sorted(set(overrides) - set(spec.defaults) - set(spec.builder_defaults))
+    if unknown:
+        raise ValueError(f"{optimizer}: unknown hyperparameters {unknown}; valid: "
+                         f"{sorted(set(spec.defaults) | set(spec.builder_defaults))}")
+
+
+@app.command()
+def report(
+    out: Path = typer.Option(Path("arena-results")),
+    storage: str = typer.Option(None),
+    study: str = typer.Option(None, help="study name (default: the latest)"),
+) -> None:
+    """Re-render the report and ranking tables from the database."""
+    from optarena.arena.report import write_report
+    from optarena.arena.store import ResultStore, default_storage_url
+
+    url = storage or default_storage_url(out)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        _fail(f"no results database at {url}; run `optarena arena --out {out}` first")
+    store = ResultStore(url)
+    studies = dict(store.studies())
+    if not studies:
+        _fail(f"the database {url} holds no arena study yet")
+    name = study or list(studies)[-1]
+    if name not in studies:
+        _fail(f"unknown study {name!r}; known: {', '.join(studies)}")
+    path = write_report(store, name, out, studies[name])
+    _print_rankings(store, name, studies[name])
+    console.print(f"report: {path}")
+
+
 # Commands defined in optarena.commands.<name> are registered below, one line each.
+app.command("predict")(__import__("optarena.commands.predict", fromlist=["predict_command"]).predict_command)
+app.command("suggest")(__import__("optarena.commands.suggest", fromlist=["suggest_command"]).suggest_command)
+app.command("coord-check")(__import__("optarena.commands.coord_check", fromlist=["coord_check_command"]).coord_check_command)

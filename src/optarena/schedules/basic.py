@@ -2,19 +2,24 @@
 
 A schedule returns the factor applied to each param group's base learning rate, so the
 ratio between groups (Muon's matrix lr vs its AdamW lr) is kept. Every schedule here
-starts with an optional linear warmup from ``warmup_init`` to 1 over ``warmup`` steps.
+starts with an optional linear warmup from ``warmup_init`` to the schedule's value at the
+end of warmup (1 for the plain schedules) over ``warmup`` steps.
+
+Schedules are frozen dataclasses whose fields are plain numbers, strings and tuples: they
+pickle, compare by value, and ``LambdaLR.state_dict()`` stores them as plain data.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["Schedule", "as_lambda_lr", "constant", "cosine", "linear", "wsd", "WSD_SHAPES"]
+__all__ = ["Schedule", "ScheduleLR", "WSD_SHAPES", "as_lambda_lr", "constant", "cosine", "decay_shape", "linear"]
 
 WSD_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
 
@@ -24,14 +29,29 @@ def _check_nonneg_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an int >= 0, got {name}={value!r}")
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {name}={value}")
+def _check_fraction(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {name}={value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+
+
+def _check_shape(shape: Any) -> None:
+    if shape not in WSD_SHAPES:
+        raise ValueError(f"decay shape must be one of {WSD_SHAPES}, got shape={shape!r}")
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """Base: linear warmup, then :meth:`after_warmup` (1.0 here, i.e. constant)."""
+    """Base: linear warmup, then :meth:`after_warmup` (1.0 here, i.e. constant).
+
+    Subclasses override :meth:`after_warmup`; the warmup ramps to ``after_warmup(warmup)``,
+    so a schedule whose post-warmup value is not 1 (rewarm peak, refined, Power) joins
+    its warmup without a jump.
+    """
 
     warmup: int = 0
     warmup_init: float = 0.0
@@ -44,11 +64,16 @@ class Schedule:
         if step < 0:
             raise ValueError(f"step must be >= 0, got step={step}")
         if step < self.warmup:
-            return self.warmup_init + (1.0 - self.warmup_init) * (step + 1) / self.warmup
+            target = self.after_warmup(self.warmup)
+            return self.warmup_init + (target - self.warmup_init) * (step + 1) / self.warmup
         return self.after_warmup(step)
 
     def after_warmup(self, step: int) -> float:
         return 1.0
+
+    def values(self, steps: int) -> list[float]:
+        """The multipliers of steps ``0 .. steps-1`` (e.g. for plotting or loss-curve prediction)."""
+        return [self(step) for step in range(steps)]
 
     def as_lambda_lr(self, optimizer: torch.optim.Optimizer, last_epoch: int = -1) -> LambdaLR:
         return as_lambda_lr(optimizer, self, last_epoch)
@@ -72,7 +97,7 @@ class _Decaying(Schedule):
 
     def progress(self, step: int, start: int) -> float:
         """Fraction in [0, 1] of the way from ``start`` to ``total_steps``."""
-        return min(1.0, (step - start) / max(1, self.total_steps - start))
+        return min(1.0, max(0.0, (step - start) / max(1, self.total_steps - start)))
 
 
 @dataclass(frozen=True)
@@ -89,41 +114,22 @@ class _Cosine(_Decaying):
 
 
 def decay_shape(shape: str, t: float, final: float) -> float:
-    """Multiplier at fraction ``t`` in [0, 1] of a decay from 1 to ``final``."""
+    """Multiplier at fraction ``t`` in [0, 1] of a decay from 1 to ``final``.
+
+    ``linear``: 1 + (final-1) t.  ``cosine``: final + (1-final)(1+cos(pi t))/2.
+    ``1-sqrt``: final + (1-final)(1-sqrt(t)) (Hägele et al. 2024, arXiv:2405.18392).
+    ``exponential``: max(final, 1e-3)^t, a geometric decay; it cannot reach 0, so a
+    ``final`` of 0 decays to 1e-3 instead.
+    """
     if shape == "linear":
         return 1.0 + (final - 1.0) * t
     if shape == "cosine":
         return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
-    if shape == "1-sqrt":  # Hägele et al. 2024 (arXiv:2405.18392)
+    if shape == "1-sqrt":
         return final + (1.0 - final) * (1.0 - math.sqrt(t))
-    if shape == "exponential":  # geometric from 1 to max(final, 1e-3)
-        floor = max(final, 1e-3)
-        return floor**t
+    if shape == "exponential":
+        return max(final, 1e-3) ** t
     raise ValueError(f"decay shape must be one of {WSD_SHAPES}, got {shape!r}")
-
-
-@dataclass(frozen=True)
-class _WSD(_Decaying):
-    """Warmup–stable–decay: hold 1 after warmup, decay over the last ``decay_fraction`` of steps."""
-
-    decay_fraction: float = 0.2
-    shape: str = "linear"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_fraction("decay_fraction", self.decay_fraction)
-        if self.shape not in WSD_SHAPES:
-            raise ValueError(f"WSD shape must be one of {WSD_SHAPES}, got shape={self.shape!r}")
-
-    @property
-    def decay_start(self) -> int:
-        start = self.total_steps - round(self.decay_fraction * self.total_steps)
-        return max(self.warmup, start)
-
-    def after_warmup(self, step: int) -> float:
-        if step < self.decay_start:
-            return 1.0
-        return decay_shape(self.shape, self.progress(step, self.decay_start), self.final)
 
 
 def constant(warmup: int = 0, warmup_init: float = 0.0) -> Schedule:
@@ -132,32 +138,64 @@ def constant(warmup: int = 0, warmup_init: float = 0.0) -> Schedule:
 
 
 def linear(total_steps: int, warmup: int = 0, final: float = 0.0, warmup_init: float = 0.0) -> Schedule:
-    """Linear decay from 1 to ``final`` at ``total_steps`` (Defazio et al. 2023, arXiv:2310.07831)."""
+    """Linear decay from 1 after warmup to ``final`` at ``total_steps`` (Defazio et al. 2023, arXiv:2310.07831).
+
+    Multiplier at step s >= warmup: 1 + (final - 1) (s - warmup) / (total_steps - warmup).
+    """
     return _Linear(warmup=warmup, warmup_init=warmup_init, total_steps=total_steps, final=final)
 
 
 def cosine(total_steps: int, warmup: int = 0, final: float = 0.0, warmup_init: float = 0.0) -> Schedule:
-    """Half-cosine from 1 to ``final`` (Loshchilov & Hutter, SGDR, arXiv:1608.03983)."""
+    """Half-cosine from 1 to the floor ``final`` (Loshchilov & Hutter, SGDR, arXiv:1608.03983).
+
+    Multiplier at step s >= warmup: final + (1 - final)(1 + cos(pi t))/2, t = (s - warmup)/(total_steps - warmup).
+    """
     return _Cosine(warmup=warmup, warmup_init=warmup_init, total_steps=total_steps, final=final)
 
 
-def wsd(
-    total_steps: int,
-    warmup: int = 0,
-    decay_fraction: float = 0.2,
-    shape: str = "linear",
-    final: float = 0.0,
-    warmup_init: float = 0.0,
-) -> Schedule:
-    """Warmup–stable–decay (Hu et al., MiniCPM, arXiv:2404.06395; Hägele et al., arXiv:2405.18392)."""
-    return _WSD(
-        warmup=warmup, warmup_init=warmup_init, total_steps=total_steps, final=final,
-        decay_fraction=decay_fraction, shape=shape,
-    )
+class ScheduleLR(LambdaLR):
+    """``LambdaLR`` whose state also names each schedule's class.
+
+    Plain ``LambdaLR`` saves a callable's fields but restores them into whatever object the
+    new scheduler holds, so resuming with a different schedule object (say the default
+    cosine instead of the saved WSD) would keep the wrong formula with the saved fields.
+    Here the saved class is restored too. Only classes already imported are looked up,
+    and only :class:`Schedule` subclasses are accepted.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["schedule_types"] = [
+            f"{type(fn).__module__}:{type(fn).__qualname__}" if isinstance(fn, Schedule) else None
+            for fn in self.lr_lambdas
+        ]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        types = state_dict.pop("schedule_types", None) or []
+        for index, (name, fields) in enumerate(zip(types, state_dict.get("lr_lambdas", []))):
+            cls = _imported_schedule_class(name) if name and fields is not None else None
+            if cls is not None and type(self.lr_lambdas[index]) is not cls:
+                self.lr_lambdas[index] = object.__new__(cls)  # fields are filled in by LambdaLR below
+        super().load_state_dict(state_dict)
 
 
-def as_lambda_lr(optimizer: torch.optim.Optimizer, schedule: Schedule, last_epoch: int = -1) -> LambdaLR:
-    """A ``LambdaLR`` applying ``schedule`` to every param group (ratios between groups kept)."""
+def _imported_schedule_class(name: str) -> type | None:
+    module_name, _, qualname = name.partition(":")
+    obj: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) and issubclass(obj, Schedule) else None
+
+
+def as_lambda_lr(optimizer: torch.optim.Optimizer, schedule: Schedule, last_epoch: int = -1) -> ScheduleLR:
+    """A ``LambdaLR`` (:class:`ScheduleLR`) applying ``schedule`` to every param group.
+
+    Each group's lr is its own initial lr times the multiplier, so ratios between groups
+    are kept. ``state_dict()`` stores the schedule's class and fields, and
+    ``load_state_dict`` restores them, so a resumed run continues the same schedule.
+    """
     if not callable(schedule):
         raise ValueError(f"schedule must be callable step -> multiplier, got {schedule!r}")
-    return LambdaLR(optimizer, schedule, last_epoch=last_epoch)
+    return ScheduleLR(optimizer, schedule, last_epoch=last_epoch)

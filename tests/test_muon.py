@@ -47,7 +47,7 @@ def test_parity_with_torch_muon_in_full_precision(monkeypatch, dtype, scale, adj
     becomes a no-op, so torch's own code path runs in float32/float64 like ours."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self, *args, **kwargs: self.clone())
     ours, theirs = _pair(dtype)
-    a = Muon(ours, lr=0.02, weight_decay=0.05, scale=scale)  # ns_dtype None -> the parameter's precision
+    a = Muon(ours, lr=0.02, weight_decay=0.05, scale=scale, ns_dtype=dtype)
     b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.05, adjust_lr_fn=adjust)
     _run(ours, theirs, a, b)
     for p, q in zip(ours, theirs):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from optarena.optim.orthogonalize import (
-    MUON_COEFFICIENTS, gram_newton_schulz, gram_newton_schulz_flops, newton_schulz, newton_schulz_flops,
-    orthogonality_error, orthogonalize_many, polar_factor, singular_value_band,
+    MUON_COEFFICIENTS, cpu_has_fast_bf16, gram_newton_schulz, gram_newton_schulz_flops, newton_schulz, newton_schulz_flops,
+    orthogonality_error, orthogonalize_many, polar_factor, resolve_ns_dtype, singular_value_band,
 )
 
 
@@ -40,18 +40,18 @@ def test_band_widens_for_tiny_singular_values_and_more_steps_help():
     assert singular_value_band(steps=8, sigma_min=1e-4)[0] > singular_value_band(steps=5, sigma_min=1e-4)[0]
 
 
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-6), (torch.float64, 1e-13)])
+@pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-6), (torch.float64, 1e-13)])
 def test_batched_equals_per_matrix(dtype, atol):
-    mats = [torch.randn(12, 20, dtype=dtype) for _ in range(3)] + [torch.randn(20, 12, dtype=dtype)]
-    batched = orthogonalize_many(mats, batched=True)
-    single = orthogonalize_many(mats, batched=False)
-    direct = [newton_schulz(M) for M in mats]
+    mats = [torch.randn(12, 20) for _ in range(3)] + [torch.randn(20, 12)]
+    batched = orthogonalize_many(mats, dtype=dtype, batched=True)
+    single = orthogonalize_many(mats, dtype=dtype, batched=False)
+    direct = [newton_schulz(M, dtype=dtype) for M in mats]
     for b, s, d in zip(batched, single, direct):
-        assert b.dtype == dtype
-        assert torch.allclose(b, s, atol=atol) and torch.allclose(s, d, atol=0)
-    stacked = newton_schulz(torch.stack(mats[:3]))
+        assert b.dtype == torch.float32 and d.dtype == dtype  # cast back to the input's dtype
+        assert torch.allclose(b, s, atol=atol) and torch.equal(s, d.float())
+    stacked = newton_schulz(torch.stack(mats[:3]), dtype=dtype)
     for i in range(3):
-        assert torch.allclose(stacked[i], direct[i], atol=atol)
+        assert torch.allclose(stacked[i].float(), direct[i].float(), atol=atol)
 
 
 def test_exact_option_gives_u_v_transpose():
@@ -70,7 +70,8 @@ def test_gram_iteration_is_the_same_polynomial(shape, steps):
     ref = newton_schulz(G, steps=steps)
     assert torch.allclose(gram_newton_schulz(G, steps=steps), ref, atol=1e-11)
     G32 = G.float()
-    assert torch.allclose(gram_newton_schulz(G32, steps=steps), newton_schulz(G32, steps=steps), atol=2e-5)
+    fp32 = dict(steps=steps, dtype=torch.float32)
+    assert torch.allclose(gram_newton_schulz(G32, **fp32), newton_schulz(G32, **fp32), atol=2e-5)
 
 
 def test_gram_iteration_needs_far_fewer_flops_on_mlp_matrices_at_equal_error():
@@ -81,9 +82,12 @@ def test_gram_iteration_needs_far_fewer_flops_on_mlp_matrices_at_equal_error():
     # square matrices gain nothing, so "auto" keeps the plain iteration there
     assert gram_newton_schulz_flops(d, d) > newton_schulz_flops(d, d)
     square, wide = torch.randn(d, d), torch.randn(d, 4 * d)
-    auto = orthogonalize_many([square, wide], method="auto")
-    assert torch.equal(auto[0], newton_schulz(square))
-    assert torch.allclose(auto[1], gram_newton_schulz(wide), atol=0)
+    auto = orthogonalize_many([square, wide], method="auto", dtype=torch.float32)
+    assert torch.equal(auto[0], newton_schulz(square, dtype=torch.float32))
+    assert torch.equal(auto[1], gram_newton_schulz(wide, dtype=torch.float32))
+    # in bf16 the plain iteration is kept (the Gram variant would need fp32)
+    assert torch.equal(orthogonalize_many([wide], method="auto", dtype=torch.bfloat16)[0],
+                       newton_schulz(wide, dtype=torch.bfloat16).float())
 
 
 def test_coefficient_schedules():
@@ -106,9 +110,11 @@ def test_coefficient_schedules():
 
 def test_dtypes_and_errors():
     G = torch.randn(6, 8)
-    assert newton_schulz(G).dtype == torch.float32
+    fast = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32  # the CPU default
+    assert resolve_ns_dtype(G, None) == fast and resolve_ns_dtype(G.bfloat16(), None) == fast
+    assert newton_schulz(G).dtype == fast and newton_schulz(G.bfloat16()).dtype == fast
     assert newton_schulz(G.double()).dtype == torch.float64
-    assert newton_schulz(G.bfloat16()).dtype == torch.float32  # CPU default computes in fp32
+    assert newton_schulz(G, dtype=torch.float32).dtype == torch.float32
     assert newton_schulz(G, dtype=torch.bfloat16).dtype == torch.bfloat16
     assert gram_newton_schulz(G, dtype=torch.bfloat16).dtype == torch.float32  # promoted on purpose
     assert orthogonalize_many([G.bfloat16()])[0].dtype == torch.bfloat16

@@ -24,10 +24,12 @@ generator in ``state_dict``) and :func:`matrix_param_groups` (the partition-base
 grouping used by ``create_optimizer``).
 
 Deviations from the reference code: ``p.grad`` is never modified in place (the
-reference's Nesterov blend overwrites it), and on CPU Newton–Schulz runs in float32 (or
-float64 for float64 parameters) unless ``ns_dtype`` says otherwise, because bf16 matmuls
-are slow on most CPUs. With ``ns_dtype=torch.bfloat16`` the update equals
-``torch.optim.Muon``'s bit for bit (tests/test_muon.py). ``torch.optim.Muon`` is
+reference's Nesterov blend overwrites it), and Newton–Schulz runs in bf16 only where bf16
+matmuls are fast (accelerators, CPUs with AMX / AVX512-BF16), in float32 on other CPUs and
+in float64 for float64 parameters, unless ``ns_dtype`` says otherwise
+(:func:`~optarena.optim.orthogonalize.resolve_ns_dtype`). In bf16 the update equals
+``torch.optim.Muon``'s bit for bit, and in float32/float64 it equals torch's arithmetic
+run at that precision (tests/test_muon.py). ``torch.optim.Muon`` is
 documented with sum momentum ``B = mu B + G`` but implements the same EMA as here; the
 two differ only by the factor ``1 - mu``, which the normalisation removes.
 """
@@ -278,7 +280,8 @@ class Muon(MatrixOptimizer):
         nesterov: use the Nesterov blend (default True).
         ns_steps: Newton–Schulz iterations (default 5).
         ns_coefficients: quintic coefficients (a, b, c), or one triple per step.
-        ns_dtype: compute dtype of Newton–Schulz; ``None`` picks bf16 on accelerators, fp32+ on CPU.
+        ns_dtype: compute dtype of Newton–Schulz; ``None``: bf16 where bf16 matmuls are native
+            (accelerators, AMX / AVX512-BF16 CPUs), else fp32; fp64 for fp64 parameters.
         ns_method: ``"newton_schulz"`` (default), ``"gram"`` (same polynomial iterated on
             the small Gram matrix, fewer FLOPs for rectangular weights, fp32+) or ``"auto"``
             (the cheaper of the two per shape); see :mod:`optarena.optim.orthogonalize`.

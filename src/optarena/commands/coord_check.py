@@ -1,0 +1,104 @@
+"""``optarena coord-check``: muP's coordinate check on the ``lm`` workload, as a PNG.
+
+Records the mean |output| of every module of the byte-level transformer over a few
+training steps at several widths, for the standard parametrisation and for muP
+(:func:`optarena.scaling.mup.coord_check`), and plots one row per parametrisation and one
+panel per step. Under muP the curves stay flat across widths.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["coord_check_command", "lm_coord_check"]
+
+
+def lm_coord_check(widths: list[int], *, parametrization: str, steps: int = 4, optimizer: str = "adamw",
+                   lr: float = 1e-2, base_width: int | None = None, seed: int = 0, n_layer: int = 2,
+                   include: str | None = None):
+    """Run :func:`~optarena.scaling.mup.coord_check` on ``lm`` models of the given widths."""
+    from optarena.arena.workloads import get_workload
+    from optarena.arena.workloads.lm import ByteTransformer, LMConfig
+    from optarena.scaling.mup import coord_check, mup_lm_config, mup_lm_init_
+
+    base_width = min(widths) if base_width is None else base_width
+    head_dim = LMConfig().head_dim
+    for w in [*widths, base_width]:
+        if w < 1 or w % head_dim:
+            raise ValueError(f"lm widths must be positive multiples of head_dim={head_dim}, got {w}")
+    task = get_workload("lm").build("tiny", seed=seed)  # batches and the loss; the model is rebuilt per width
+
+    def build(width: int):
+        if parametrization == "mup":
+            model = ByteTransformer(LMConfig(n_layer=n_layer, **mup_lm_config(base_width, width)))
+            mup_lm_init_(model, base_width)
+            return model
+        return ByteTransformer(LMConfig(n_layer=n_layer, d_model=width))
+
+    return coord_check(build, widths, task.train_batch, steps=steps, optimizer=optimizer, lr=lr,
+                       parametrization=parametrization, base_width=base_width, loss_fn=task.loss,
+                       seeds=(seed,), apply_multipliers=False, include=include)
+
+
+def coord_check_command(
+    widths: str = typer.Option("64,128,256,512", help="comma-separated d_model values (multiples of 16)"),
+    steps: int = typer.Option(4, help="training steps recorded (step 0 = init)"),
+    optimizer: str = typer.Option("adamw", help="registry name"),
+    lr: float = typer.Option(1e-2, help="learning rate at the base width (large, to show blow-ups)"),
+    parametrization: str = typer.Option("both", help="mup, standard or both"),
+    base_width: int = typer.Option(None, help="muP base width (default: the smallest width)"),
+    n_layer: int = typer.Option(2, help="transformer blocks"),
+    include: str = typer.Option(None, help="regular expression on module names to record"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("coord_check.png"), help="PNG to write"),
+    csv_out: Path = typer.Option(None, "--csv", help="also write the tidy table as CSV"),
+) -> None:
+    """muP coordinate check on the lm workload: mean |activation| per module vs width, per step."""
+    from optarena.scaling.mup import plot_coord_check
+
+    console = Console()
+    try:
+        width_list = [int(w) for w in widths.split(",") if w.strip()]
+        if len(width_list) < 2:
+            raise ValueError(f"--widths needs at least two widths, got {widths!r}")
+        if parametrization not in ("mup", "standard", "both"):
+            raise ValueError(f"--parametrization must be mup, standard or both, got {parametrization!r}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"--lr must be a positive number, got {lr}")
+        chosen = ["standard", "mup"] if parametrization == "both" else [parametrization]
+        results = []
+        with console.status("running the coordinate check"):
+            for p in chosen:
+                results.append(lm_coord_check(sorted(set(width_list)), parametrization=p, steps=steps,
+                                              optimizer=optimizer, lr=lr, base_width=base_width, seed=seed,
+                                              n_layer=n_layer, include=include))
+    except ValueError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(code=2)
+
+    plot_coord_check(results, str(out), title=f"lm coordinate check: {optimizer}, lr={lr:g}, widths {widths}")
+    table = Table(title="slope of log mean|output| vs log width (0 = width-independent)")
+    for column in ("parametrization", "step", "median |slope|", "max |slope|", "module with max"):
+        table.add_column(column)
+    for result in results:
+        slopes = result.slopes()
+        for step in result.steps:
+            values = sorted((abs(v), m) for (m, s), v in slopes.items() if s == step and math.isfinite(v))
+            if not values:
+                continue
+            median = values[len(values) // 2][0]
+            table.add_row(result.parametrization, str(step), f"{median:.2f}", f"{values[-1][0]:.2f}", values[-1][1])
+    console.print(table)
+    if csv_out is not None:
+        rows = [row for result in results for row in result.to_rows()]
+        with csv_out.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    console.print(f"plot: {out}" + (f"  table: {csv_out}" if csv_out else ""))

@@ -90,3 +90,19 @@ def test_config_errors_name_the_value():
         _config(schedule="cosin")
     with pytest.raises(ValueError, match="steps"):
         _config(steps=0)
+
+
+def test_mup_parametrization_builds_a_mup_model_and_records_stability_stats(store):
+    config = _config(workload="lm", scale="small", steps=4, eval_every=2, parametrization="mup",
+                     workload_options={"track_stats": True})
+    result = train(config, store)
+    assert result.status == "ok", result.error
+    record = store.get_run(config.key())
+    assert record.config["task"]["config"]["output_mult"] == pytest.approx(64 / 128)  # base tiny, width 128
+    assert record.config["task"]["config"]["attn_scale"] == "mup"
+    points = store.curve(record.id)[1:]
+    assert all(p.max_attn_logit is not None and p.logit_rms > 0 for p in points)
+    with pytest.raises(ValueError):
+        _config(parametrization="muq")
+    failed = train(_config(parametrization="mup"), store)  # quadratic has no width
+    assert failed.status == "failed" and "needs a workload with a width" in failed.error

@@ -67,6 +67,9 @@ curve_table = sa.Table(
     sa.Column("lr", sa.Float, nullable=True),
     sa.Column("grad_norm", sa.Float, nullable=True),
     sa.Column("wall_time", sa.Float, nullable=True),
+    # stability proxies (Wortsman et al., arXiv:2309.14322), where the model records them
+    sa.Column("max_attn_logit", sa.Float, nullable=True),
+    sa.Column("logit_rms", sa.Float, nullable=True),
 )
 
 study_table = sa.Table(
@@ -102,6 +105,8 @@ class CurvePoint:
     lr: float | None
     grad_norm: float | None
     wall_time: float | None
+    max_attn_logit: float | None = None
+    logit_rms: float | None = None
 
 
 @dataclass
@@ -256,7 +261,8 @@ class ResultStore:
         rows = [
             dict(run_id=run_id, step=p.step, tokens=p.tokens, train_loss=_finite_or_none(p.train_loss),
                  eval_loss=_finite_or_none(p.eval_loss), lr=p.lr, grad_norm=_finite_or_none(p.grad_norm),
-                 wall_time=p.wall_time)
+                 wall_time=p.wall_time, max_attn_logit=_finite_or_none(p.max_attn_logit),
+                 logit_rms=_finite_or_none(p.logit_rms))
             for p in points
         ]
         if rows:
@@ -273,7 +279,8 @@ class ResultStore:
         query = sa.select(curve_table).where(curve_table.c.run_id == run_id).order_by(curve_table.c.step)
         with self.engine.connect() as conn:
             return [
-                CurvePoint(r.step, r.tokens, r.train_loss, r.eval_loss, r.lr, r.grad_norm, r.wall_time)
+                CurvePoint(r.step, r.tokens, r.train_loss, r.eval_loss, r.lr, r.grad_norm, r.wall_time,
+                           r.max_attn_logit, r.logit_rms)
                 for r in conn.execute(query)
             ]
 

@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -53,6 +53,8 @@ class RunConfig(BaseModel):
     eval_every: int | None = Field(None, gt=0, description="None: 8 evaluations per run")
     divergence_factor: float = Field(3.0, gt=1.0, description="diverged if train loss > factor x initial loss")
     workload_options: dict[str, Any] = Field(default_factory=dict)
+    parametrization: Literal["standard", "mup"] = "standard"
+    mup_base_width: int | None = Field(None, gt=0, description="muP base width; None: the first scale's width")
 
     @field_validator("schedule")
     @classmethod
@@ -98,6 +100,22 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
 
 
+def _build_mup(workload: Any, config: RunConfig) -> tuple[Any, torch.optim.Optimizer]:
+    """Build a muP model and optimizer (Yang et al., Tensor Programs V, arXiv:2203.03466) for width workloads."""
+    from optarena.scaling.mup import create_mup_optimizer, mup_lm_config, mup_lm_init_
+
+    if not callable(getattr(workload, "config", None)) or not hasattr(workload.config(config.scale), "d_model"):
+        raise ValueError(f"parametrization='mup' needs a workload with a width (d_model), like 'lm'; "
+                         f"got workload {config.workload!r}")
+    options = dict(config.workload_options)
+    width = workload.config(config.scale, **options).d_model
+    base_width = config.mup_base_width or workload.config(workload.scales[0]).d_model
+    options.update(mup_lm_config(base_width, width))
+    task = workload.build(config.scale, config.seed, **options)
+    plan = mup_lm_init_(task.model, base_width)
+    return task, create_mup_optimizer(config.optimizer, task.model, plan, **config.hparams)
+
+
 def _call_optional(obj: Any, name: str) -> None:
     method = getattr(obj, name, None)
     if callable(method):
@@ -134,9 +152,12 @@ def train(
     warmup = round(config.warmup_fraction * steps)
     torch.manual_seed(config.seed)
     try:
-        task = workload.build(config.scale, config.seed, **config.workload_options)
+        if config.parametrization == "mup":
+            task, optimizer = _build_mup(workload, config)
+        else:
+            task = workload.build(config.scale, config.seed, **config.workload_options)
+            optimizer = create_optimizer(config.optimizer, task.model, **config.hparams)
         model = task.model
-        optimizer = create_optimizer(config.optimizer, model, **config.hparams)
         if spec.uses_schedule:
             schedule = make_schedule(config.schedule, steps, warmup, **config.schedule_options)
         else:  # schedule-free methods warm up and average by themselves
@@ -246,8 +267,9 @@ def train(
             timing["optimizer"] += t3 - t2
             done = step + 1
             eval_loss = evaluate() if (done % eval_every == 0 or done == steps) else None
+            stats = getattr(model, "stats", None) or {}
             log(CurvePoint(done, done * task.tokens_per_step, train_loss, eval_loss, lr, grad_norm,
-                           time.perf_counter() - wall_start))
+                           time.perf_counter() - wall_start, stats.get("max_attn_logit"), stats.get("logit_rms")))
             if eval_loss is not None and not math.isfinite(eval_loss):
                 status, diverged_step = "diverged", done
                 break

@@ -129,6 +129,8 @@ def test_compare_curves_by_hand():
     errors = compare_curves(np.array([2.0, 1.1, 1.0]), np.array([np.nan, 1.0, 1.25]))
     assert errors["final_step"] == 3 and errors["final_rel_error"] == pytest.approx(0.2)
     assert errors["mape"] == pytest.approx((0.1 + 0.2) / 2)
+    late = compare_curves(np.array([2.0, 1.1, 1.0]), np.array([np.nan, 1.0, 1.25]), start=2)
+    assert late["mape"] == pytest.approx(0.2)
 
 
 def test_plot_predictions(tmp_path):

@@ -150,14 +150,14 @@ def predict_command(
         console.print(f"  [yellow]note:[/] {note}")
 
     table = Table(title=f"predicted final {loss} loss: {reference.cell}, {steps} steps, peak lr {base_lr:.3g}")
-    for col in ("schedule", "source", "predicted", "observed", "rel. error", "MAPE over curve"):
+    for col in ("schedule", "source", "predicted", "observed", "rel. error", "MAPE after warmup"):
         table.add_column(col, overflow="fold")
     plotted: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     shown = set(fit_ids)
 
     def add_row(label: str, source: str, predicted: np.ndarray, obs: np.ndarray | None) -> None:
         if obs is not None and np.isfinite(obs).any():
-            errors = compare_curves(predicted, obs)
+            errors = compare_curves(predicted, obs, start=warmup)
             i = int(errors["final_step"]) - 1
             table.add_row(label, source, f"{predicted[i]:.4f}", f"{errors['final_observed']:.4f}",
                           f"{100 * errors['final_rel_error']:.2f}%", f"{100 * errors['mape']:.2f}%")

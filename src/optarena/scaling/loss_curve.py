@@ -249,17 +249,19 @@ def fit_annealing_law(
     )
 
 
-def compare_curves(predicted: np.ndarray, observed: np.ndarray) -> dict[str, float]:
+def compare_curves(predicted: np.ndarray, observed: np.ndarray, start: int = 0) -> dict[str, float]:
     """Errors of a predicted curve against an observed one (NaN = not observed).
 
     ``final_rel_error``: |pred - obs| / obs at the last observed step; ``mape``: mean
-    |pred - obs| / obs over observed steps; ``r2`` over observed steps.
+    |pred - obs| / obs over observed steps from index ``start`` on (e.g. past warmup,
+    which the law does not model); ``r2`` over the same steps.
     """
     predicted = np.asarray(predicted, dtype=np.float64)
     observed = np.asarray(observed, dtype=np.float64)
     n = min(predicted.size, observed.size)
     predicted, observed = predicted[:n], observed[:n]
     seen = np.flatnonzero(np.isfinite(observed) & np.isfinite(predicted))
+    seen = seen[seen >= start]
     if seen.size == 0:
         raise ValueError("no step has both an observed and a predicted loss")
     last = seen[-1]

@@ -57,3 +57,17 @@ def test_bad_inputs_are_named(store, tmp_path):
         store.finish_run(1, status="weird")
     with pytest.raises(ValueError, match="invalid storage URL 'nonsense'"):
         ResultStore("nonsense")
+
+
+def test_an_older_database_gains_new_nullable_columns(tmp_path):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    ResultStore(url)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE optarena_curve DROP COLUMN logit_rms"))
+    store = ResultStore(url)
+    run_id = store.start_run("k", cell="c", config=_config())
+    store.add_curve(run_id, [CurvePoint(1, 1, 1.0, None, 0.1, 1.0, 0.0, 3.0, 2.0)])
+    assert store.curve(run_id)[0].logit_rms == 2.0

@@ -157,8 +157,22 @@ class ResultStore:
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             _metadata.create_all(self.engine)
+            self._add_missing_columns()
         except sa.exc.ArgumentError as err:
             raise ValueError(f"invalid storage URL {url!r}: {err}") from None
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database written by an older optarena up to date (new columns are all nullable)."""
+        inspector = sa.inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in _metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present:
+                        if not column.nullable:
+                            raise ValueError(f"{self.url}: table {table.name} lacks required column {column.name}")
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
     # -- runs -----------------------------------------------------------------
     def get_run(self, key: str) -> RunRecord | None:

@@ -44,8 +44,6 @@ class Case:
     frozen_at_zero_lr: bool = True  # False where parameters legitimately move at lr=0
 
 
-_WIDE_SEARCH = "the search space tunes lr and three more keys; the brief allows lr plus at most two"
-
 # Drops are measured values (convex / MLP, 40 steps each) with a margin; see each comment.
 CASES: dict[str, Case] = {
     # torch.optim baselines
@@ -82,11 +80,8 @@ CASES: dict[str, Case] = {
                                 bad=dict(betas=(0.9, 1.0), warmup_steps=-5, weight_lr_power=-2.0),
                                 convex_drop=0.22, mlp_drop=0.8,  # 0.325 / 0.96
                                 frozen_at_zero_lr=False),  # y keeps averaging towards z at lr=0, by design
-    # other families: only known failures are listed
-    "fismo": Case(xfail=dict(metadata=_WIDE_SEARCH)),
-    "frugal": Case(xfail=dict(metadata=_WIDE_SEARCH)),
-    "mkor": Case(xfail=dict(metadata=_WIDE_SEARCH)),
-    "mkor_h": Case(xfail=dict(metadata=_WIDE_SEARCH)),
+    # other families get the defaults; a known failure of theirs is listed here as
+    # Case(xfail={"<test>": "<reason>"}), strict, so that a fix shows up as XPASS
 }
 
 NAMES = list_optimizers()

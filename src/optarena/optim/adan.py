@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads, group_by_device_dtype
+from optarena.optim.lion import cache_blocks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["Adan"]
@@ -121,8 +122,9 @@ class Adan(torch.optim.Optimizer):
                 prev_grads.append(state["prev_grad"])
             step_fn = _adan_foreach if group["foreach"] else _adan_single_tensor
             for chunk in group_by_device_dtype(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads):
-                step_fn(*chunk, step=group["step"], lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                        weight_decay=group["weight_decay"], no_prox=group["no_prox"])
+                for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
+                    step_fn(*wave, step=group["step"], lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                            weight_decay=group["weight_decay"], no_prox=group["no_prox"])
         return loss
 
 

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads, group_by_device_dtype
+from optarena.optim.lion import cache_blocks
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["CLASSP"]
@@ -98,9 +99,10 @@ class CLASSP(torch.optim.Optimizer):
                 sums.append(state["grad_power_sum"])
             step_fn = _classp_foreach if group["foreach"] else _classp_single_tensor
             for chunk in group_by_device_dtype(params, grads, sums):
-                step_fn(*chunk, lr=group["lr"], threshold=group["threshold"], eps=group["eps"],
-                        power=group["power"], apply_scaling=group["apply_scaling"],
-                        include_current=group["include_current"])
+                for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
+                    step_fn(*wave, lr=group["lr"], threshold=group["threshold"], eps=group["eps"],
+                            power=group["power"], apply_scaling=group["apply_scaling"],
+                            include_current=group["include_current"])
         return loss
 
 

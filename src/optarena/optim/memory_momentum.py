@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads, group_by_device_dtype
+from optarena.optim.lion import cache_blocks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["AMAdamW", "AMSGD"]
@@ -56,17 +57,6 @@ def _check_lambda_beta(name: str, model_lambda: float, beta_max: float) -> None:
         raise ValueError(f"{name} model_lambda must be >= 0, got model_lambda={model_lambda}")
     if not 0.0 <= beta_max < 1.0:
         raise ValueError(f"{name} beta_max must be in [0, 1), got beta_max={beta_max}")
-
-
-def _sum_of_squares(tensors: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Σ‖t‖² over a list (possibly mixed dtypes), accumulated in ``dtype`` on ``device``."""
-    total = torch.zeros((), device=device, dtype=dtype)
-    for chunk in group_by_device_dtype(tensors):
-        ts = chunk[0]
-        acc = torch.promote_types(ts[0].dtype, torch.float32)
-        norms = torch._foreach_norm(ts, 2, dtype=acc)
-        total = total + torch.stack(norms).to(device=device, dtype=dtype).square().sum()
-    return total
 
 
 class AMSGD(torch.optim.Optimizer):
@@ -110,54 +100,45 @@ class AMSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         lam = self.model_lambda
-        per_group = []
-        all_grads, all_diffs = [], []
+        work = []  # (group, blocks of (params, grads, buffers)) for parameters with a memory
+        sums: list[torch.Tensor] = []  # per block: [Σ‖g‖², Σ‖d - g‖²]
         for group in self.param_groups:
             params, grads = collect_grads("AMSGD", group["params"])
             if group["weight_decay"] != 0:
                 grads = [g.add(p, alpha=group["weight_decay"]) for p, g in zip(params, grads)]
-            fresh, old, bufs, diffs = [], [], [], []
-            for i, p in enumerate(params):
+            old: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+            for p, g in zip(params, grads):
                 state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = grads[i].clone()  # first step: d = g
-                    fresh.append(i)
+                if "momentum_buffer" not in state:  # first step: d = g
+                    state["momentum_buffer"] = g.clone()
+                    p.add_(g, alpha=-group["lr"])
                 else:
-                    old.append(i)
-                    bufs.append(state["momentum_buffer"])
-            old_grads = [grads[i] for i in old]
-            if group["foreach"]:
-                diffs = list(torch._foreach_sub(old_grads, bufs)) if bufs else []
-            else:
-                diffs = [g - d for g, d in zip(old_grads, bufs)]
-            all_grads += old_grads
-            all_diffs += diffs
-            per_group.append((group, params, old_grads, bufs, diffs))
-        if all_diffs:
-            device = all_diffs[0].device
-            dtype = torch.float64 if any(t.dtype == torch.float64 for t in all_diffs) else torch.float32
-            grad_sq = _sum_of_squares(all_grads, device, dtype)
-            diff_sq = _sum_of_squares(all_diffs, device, dtype)
-            beta = torch.where(diff_sq > 0, ((1 + lam) * grad_sq / diff_sq - lam).clamp(0.0, self.beta_max),
-                               torch.zeros_like(diff_sq))
-            weight = (1 - beta) / (1 + lam)  # d <- d + weight (g - d)
-            self.last_beta = beta
-        for group, params, old_grads, bufs, diffs in per_group:
-            if bufs:
-                if group["foreach"]:
-                    for ds, us in group_by_device_dtype(bufs, diffs):
-                        torch._foreach_mul_(us, weight.to(device=us[0].device, dtype=us[0].dtype))
-                        torch._foreach_add_(ds, us)
-                else:
-                    for d, u in zip(bufs, diffs):
-                        d.add_(u.mul_(weight.to(device=u.device, dtype=u.dtype)))
-            moms = [self.state[p]["momentum_buffer"] for p in params]
-            if group["foreach"]:
-                for ps, ms in group_by_device_dtype(params, moms):
-                    torch._foreach_add_(ps, ms, alpha=-group["lr"])
-            else:
-                for p, m in zip(params, moms):
-                    p.add_(m, alpha=-group["lr"])
+                    for lst, t in zip(old, (p, g, state["momentum_buffer"])):
+                        lst.append(t)
+            blocks = []
+            for chunk in group_by_device_dtype(*old):
+                blocks += cache_blocks(chunk) if group["foreach"] else [([p], [g], [d]) for p, g, d in zip(*chunk)]
+            for _, gs, ds in blocks:  # pass 1: the two sums β needs, block by block (no model-size temporary)
+                acc = torch.promote_types(gs[0].dtype, torch.float32)
+                diffs = torch._foreach_sub(gs, ds)
+                sums.append(torch.stack([torch.stack(torch._foreach_norm(gs, 2, dtype=acc)).square().sum(),
+                                         torch.stack(torch._foreach_norm(diffs, 2, dtype=acc)).square().sum()]))
+            work.append((group, blocks))
+        if not sums:
+            return loss
+        device = sums[0].device
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in sums) else torch.float32
+        grad_sq, diff_sq = torch.stack([t.to(device=device, dtype=dtype) for t in sums]).sum(0)
+        beta = torch.where(diff_sq > 0, ((1 + lam) * grad_sq / diff_sq - lam).clamp(0.0, self.beta_max),
+                           torch.zeros_like(diff_sq))
+        self.last_beta = beta
+        weight = (1 - beta) / (1 + lam)  # d <- d + weight (g - d)
+        for group, blocks in work:  # pass 2: the update
+            for ps, gs, ds in blocks:
+                diffs = torch._foreach_sub(gs, ds)
+                torch._foreach_mul_(diffs, weight.to(device=ds[0].device, dtype=ds[0].dtype))
+                torch._foreach_add_(ds, diffs)
+                torch._foreach_add_(ps, ds, alpha=-group["lr"])
         return loss
 
 

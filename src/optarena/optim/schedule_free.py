@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads, group_by_device_dtype
+from optarena.optim.lion import cache_blocks
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["ScheduleFreeAdamW"]
@@ -136,9 +137,10 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
                 exp_avg_sqs.append(state["exp_avg_sq"])
             step_fn = _sf_adamw_foreach if group["foreach"] else _sf_adamw_single_tensor
             for chunk in group_by_device_dtype(params, grads, zs, exp_avg_sqs):
-                step_fn(*chunk, lr=lr, ckp=ckp, beta1=group["betas"][0], beta2=group["betas"][1],
-                        bc2_sqrt=math.sqrt(1 - group["betas"][1] ** (k + 1)), eps=group["eps"],
-                        weight_decay=group["weight_decay"])
+                for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
+                    step_fn(*wave, lr=lr, ckp=ckp, beta1=group["betas"][0], beta2=group["betas"][1],
+                            bc2_sqrt=math.sqrt(1 - group["betas"][1] ** (k + 1)), eps=group["eps"],
+                            weight_decay=group["weight_decay"])
         return loss
 
 

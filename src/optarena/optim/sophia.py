@@ -55,6 +55,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads, group_by_device_dtype
+from optarena.optim.lion import cache_blocks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["SophiaG", "SophiaH"]
@@ -147,8 +148,9 @@ class _Sophia(torch.optim.Optimizer):
                 hessians.append(self.state[p]["hessian"])
             step_fn = _sophia_foreach if group["foreach"] else _sophia_single_tensor
             for chunk in group_by_device_dtype(params, grads, exp_avgs, hessians):
-                step_fn(*chunk, lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
-                        weight_decay=group["weight_decay"], eps=group["eps"])
+                for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
+                    step_fn(*wave, lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
+                            weight_decay=group["weight_decay"], eps=group["eps"])
         return loss
 
 

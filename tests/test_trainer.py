@@ -106,3 +106,54 @@ def test_mup_parametrization_builds_a_mup_model_and_records_stability_stats(stor
         _config(parametrization="muq")
     failed = train(_config(parametrization="mup"), store)  # quadratic has no width
     assert failed.status == "failed" and "needs a workload with a width" in failed.error
+
+
+@pytest.mark.parametrize("averaging", ["ema", "uniform"])
+def test_weight_averaging_is_what_gets_evaluated_and_resumes_exactly(tmp_path, averaging):
+    config = _config(workload="lm", scale="tiny", steps=12, eval_every=4, averaging=averaging, ema_decay=0.9,
+                     average_last=2)
+    plain = train(config.model_copy(update={"averaging": "none"}))
+    straight = train(config)
+    assert straight.status == "ok"
+    assert straight.final_eval_loss != plain.final_eval_loss
+    assert [p.train_loss for p in straight.curve] == [p.train_loss for p in plain.curve]  # training untouched
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+
+    def kill_at_10(done: int, total: int) -> None:
+        if done == 10:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(config, store, checkpoint_dir=tmp_path / "ckpt", on_step=kill_at_10)
+    resumed = train(config, store, checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.final_eval_loss == straight.final_eval_loss
+
+
+def test_averaging_matches_a_hand_computed_ema(tmp_path):
+    import torch
+    from optarena.arena.averaging import WeightAverager
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    averager = WeightAverager(model, "ema", ema_decay=0.5)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    averager.update()
+    with averager.swapped_in():
+        assert torch.allclose(model.weight, start + 1.0)
+    assert torch.allclose(model.weight, start + 2.0)
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        WeightAverager(model, "ema", ema_decay=1.0)
+
+
+def test_wsd_s_evaluates_and_saves_a_model_per_budget(tmp_path):
+    config = _config(steps=40, eval_every=40, schedule="wsd_s", schedule_options={"budgets": [20, 40]},
+                     warmup_fraction=0.0)
+    result = train(config, checkpoint_dir=tmp_path)
+    evaluated = [p.step for p in result.curve if p.eval_loss is not None]
+    assert evaluated == [0, 20, 40]
+    assert sorted(f.name for f in tmp_path.glob("*.pt")) == [f"{config.key()}-budget20.pt",
+                                                              f"{config.key()}-budget40.pt"]
+    lrs = {p.step: p.lr for p in result.curve}
+    # point s logs the lr of update s: linear decay over updates 17..20, then the peak resumes at update 21
+    assert [lrs[s] / 0.05 for s in (16, 17, 18, 19, 20, 21)] == pytest.approx([1, 1, 0.75, 0.5, 0.25, 1])

@@ -13,6 +13,7 @@ validation loss after that update. Step 0 holds the evaluation at initialisation
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import optarena
+from optarena.arena.averaging import WeightAverager
 from optarena.arena.store import CurvePoint, ResultStore
 from optarena.arena.workloads import get_workload
 from optarena.optim import create_optimizer, get_spec
@@ -53,6 +55,9 @@ class RunConfig(BaseModel):
     eval_every: int | None = Field(None, gt=0, description="None: 8 evaluations per run")
     divergence_factor: float = Field(3.0, gt=1.0, description="diverged if train loss > factor x initial loss")
     workload_options: dict[str, Any] = Field(default_factory=dict)
+    averaging: Literal["none", "ema", "uniform"] = "none"
+    ema_decay: float = Field(0.99, gt=0.0, lt=1.0, description="EMA decay per step (averaging='ema')")
+    average_last: int = Field(4, ge=1, description="checkpoints in the uniform average (averaging='uniform')")
     parametrization: Literal["standard", "mup"] = "standard"
     mup_base_width: int | None = Field(None, gt=0, description="muP base width; None: the first scale's width")
 
@@ -172,6 +177,11 @@ def train(
             store.finish_run(run_id, status="failed", error=error)
         return RunResult(run_id, "failed", None, None, error=error)
     params = [p for p in model.parameters() if p.requires_grad]
+    averager = None if config.averaging == "none" else WeightAverager(
+        model, config.averaging, ema_decay=config.ema_decay, last_k=config.average_last)
+    # WSD-S: one model per budget in a single run (evaluated, and saved where checkpoints are kept)
+    branch_points = getattr(schedule, "branch_points", None)
+    budget_steps = {b.budget for b in branch_points()} if callable(branch_points) else set()
 
     record = {
         **config.model_dump(), "steps": steps, "eval_every": eval_every, "warmup": warmup,
@@ -191,6 +201,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step, initial_loss, timing = state["step"], state["initial_loss"], state["timing"]
+        if averager is not None:
+            averager.load_state_dict(state["averager"])
         if state.get("optimizer_mode") == "train":
             _call_optional(optimizer, "train")
 
@@ -220,7 +232,7 @@ def train(
         t0 = time.perf_counter()
         _call_optional(optimizer, "eval")
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), (averager.swapped_in() if averager is not None else contextlib.nullcontext()):
             value = float(task.evaluate(model))
         model.train()
         _call_optional(optimizer, "train")
@@ -261,26 +273,33 @@ def train(
                                          (lambda: sampled(model, batch)) if sampled is not None else None)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if averager is not None:
+                averager.update()
             t3 = time.perf_counter()
             timing["data"] += t1 - t0
             timing["forward_backward"] += t2 - t1
             timing["optimizer"] += t3 - t2
             done = step + 1
-            eval_loss = evaluate() if (done % eval_every == 0 or done == steps) else None
+            due = done % eval_every == 0 or done == steps or done in budget_steps
+            if averager is not None and due:
+                averager.snapshot()
+            eval_loss = evaluate() if due else None
+            if done in budget_steps and ckpt_path is not None:
+                torch.save(model.state_dict(), ckpt_path.with_name(f"{key}-budget{done}.pt"))
             stats = getattr(model, "stats", None) or {}
             log(CurvePoint(done, done * task.tokens_per_step, train_loss, eval_loss, lr, grad_norm,
                            time.perf_counter() - wall_start, stats.get("max_attn_logit"), stats.get("logit_rms")))
             if eval_loss is not None and not math.isfinite(eval_loss):
                 status, diverged_step = "diverged", done
                 break
-            if done % eval_every == 0 or done == steps:
+            if due:
                 flush()
             if ckpt_path is not None and done % checkpoint_every == 0 and done < steps:
                 timing["wall"] = time.perf_counter() - wall_start
                 _save_checkpoint(ckpt_path, {
                     "step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "initial_loss": initial_loss, "timing": dict(timing),
-                    "optimizer_mode": "train",
+                    "optimizer_mode": "train", "averager": averager.state_dict() if averager is not None else None,
                 })
             if on_step is not None:
                 on_step(done, steps)

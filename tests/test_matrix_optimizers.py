@@ -343,6 +343,17 @@ def test_mkor_without_a_model_warns_and_runs_its_base_optimizer():
     assert torch.allclose(W.detach(), W0 - 0.1 * G)
 
 
+def test_mkor_hooks_do_not_keep_a_discarded_optimizer_alive():
+    import gc
+    import weakref
+
+    model = _Stack()
+    ref = weakref.ref(create_optimizer("mkor", model))
+    gc.collect()
+    assert ref() is None
+    _loss(model).backward()  # the left-over hooks are no-ops
+
+
 def test_mkor_h_switches_to_first_order_when_the_loss_stops_falling():
     model = _Stack()
     opt = create_optimizer("mkor_h", model, switch_window=5, switch_threshold=0.05)

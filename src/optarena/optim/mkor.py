@@ -51,6 +51,7 @@ statistics of several forward passes before one step are averaged.
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Iterable
 
 import torch
@@ -144,10 +145,17 @@ class MKOR(MatrixOptimizer):
     # ---- hooks ----
     def _attach(self, model: nn.Module) -> None:
         wanted = {id(p) for g in self.param_groups if g["matrix"] for p in g["params"]}
+        owner = weakref.ref(self)  # the model must not keep a discarded optimizer alive
+
+        def hook(module: nn.Linear, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+            optimizer = owner()
+            if optimizer is not None:
+                optimizer._forward_hook(module, inputs, output)
+
         for module in model.modules():
             if isinstance(module, nn.Linear) and id(module.weight) in wanted and id(module.weight) not in self._layers:
                 self._layers[id(module.weight)] = module
-                self._handles.append(module.register_forward_hook(self._forward_hook))
+                self._handles.append(module.register_forward_hook(hook))
 
     def remove_hooks(self) -> None:
         """Detach from the model (preconditioning stops)."""

@@ -64,7 +64,11 @@ def arena(
     trials: int = typer.Option(None, help="trials per optimizer (overrides the preset)"),
     seeds: int = typer.Option(None, help="seeds for each best configuration (overrides the preset)"),
     steps: int = typer.Option(None, help="training steps per run (default: the workload's budget)"),
-    protocol: str = typer.Option("random", help="tuning protocol: random (Halton) or tpe"),
+    protocol: str = typer.Option("random", help="tuning protocol: random (Halton), coordinate (coordinate descent "
+                                              "over per-hyperparameter grids) or tpe"),
+    horizons: str = typer.Option("1", help="comma-separated multiples of the step budget, each tuned on its own, "
+                                           "e.g. 0.5,1,2"),
+    workers: int = typer.Option(1, help="parallel worker processes on this machine (one torch thread each)"),
     schedule: str = typer.Option("cosine", help="schedule with options, e.g. wsd:decay_fraction=0.2"),
     seed: int = typer.Option(0, help="base seed"),
     out: Path = typer.Option(Path("arena-results"), help="output directory"),
@@ -78,15 +82,20 @@ def arena(
     from optarena.arena.runner import ArenaConfig, cells_of, run_arena
 
     try:
+        try:
+            horizon_values = [float(h) for h in _split(horizons) or []]
+        except ValueError:
+            raise ValueError(f"--horizons must be comma-separated numbers, e.g. 0.5,1,2; got {horizons!r}") from None
         config = ArenaConfig(
             workloads=_split(workloads), scales=_split(scales), optimizers=_split(optimizers), budget=budget,
             trials=trials, seeds=seeds, steps=steps, protocol=protocol, schedule=schedule, seed=seed, out=out,
-            storage=storage,
+            storage=storage, horizons=horizon_values, workers=workers,
         )
     except (ValidationError, ValueError) as err:
         _fail(str(err))
     settings = config.study_settings()
-    runs_total = len(cells_of(config)) * len(config.optimizers) * (settings["trials"] + settings["seeds"] - 1)
+    runs_total = (len(cells_of(config)) * len(config.horizons) * len(config.optimizers)
+                  * (settings["trials"] + settings["seeds"] - 1))
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:

@@ -1,9 +1,27 @@
-"""``optarena arena`` as a library call: validated settings -> tuning per cell -> store -> report."""
+"""``optarena arena`` as a library call: validated settings -> tuning per cell -> store -> report.
+
+Scaling out. ``workers=N`` starts N - 1 worker processes next to this one (each with one
+torch thread); every worker walks the same list of cells and trains whichever run is
+next and not claimed by a live worker (see :class:`optarena.arena.tuning.Claims`), so they
+share one study through the store. Several machines share a study the same way: run the
+same command on each with one ``--storage`` URL, e.g. ``postgresql://user:pw@host/db``
+(our tables and Optuna's live side by side in that database). Killing any worker, or
+all of them, loses at most the steps since each run's last checkpoint: rerunning the
+command (or the surviving workers) picks the runs up.
+
+Horizons. ``horizons=[0.5, 1, 2]`` runs every cell at those multiples of its step budget,
+each tuned on its own, so the analysis can fit final loss against budget.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,12 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from optarena.arena.store import ResultStore, default_storage_url
 from optarena.arena.trainer import RunConfig, RunResult
-from optarena.arena.tuning import PROTOCOLS, CellResult, tune_cell
+from optarena.arena.tuning import DONE, PROTOCOLS, RAN, CellResult, CellTuner, Claims, retry_on_race
 from optarena.arena.workloads import get_workload
 from optarena.optim import get_spec
 from optarena.schedules import parse_schedule
 
-__all__ = ["BUDGETS", "ArenaConfig", "cells_of", "run_arena"]
+__all__ = ["BUDGETS", "ArenaConfig", "cells_of", "horizon_steps", "normalize_storage_url", "run_arena"]
 
 # preset -> (trials per optimizer, seeds for the best configuration, steps override or None = workload
 # default, evaluations per run)
@@ -47,6 +65,9 @@ class ArenaConfig(BaseModel):
     baseline: str = "adamw"
     out: Path = Path("arena-results")
     storage: str | None = None
+    horizons: list[float] = Field(default_factory=lambda: [1.0])  # multiples of each cell's step budget
+    workers: int = Field(1, ge=1)  # processes on this machine; not part of the study's identity
+    lease_seconds: float = Field(120.0, gt=0)  # a claim without heartbeat for this long is taken over
 
     @field_validator("workloads")
     @classmethod
@@ -88,6 +109,18 @@ class ArenaConfig(BaseModel):
         parse_schedule(value)
         return value
 
+    @field_validator("horizons")
+    @classmethod
+    def _valid_horizons(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("give at least one horizon (1 = the default step budget)")
+        bad = [h for h in value if not (math.isfinite(h) and h > 0)]
+        if bad:
+            raise ValueError(f"horizons must be finite multiples > 0 of the step budget, got {bad}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"horizons are listed twice: {value}")
+        return value
+
     @model_validator(mode="after")
     def _scales_exist(self) -> "ArenaConfig":
         if self.scales is not None:
@@ -95,6 +128,11 @@ class ArenaConfig(BaseModel):
             unknown = sorted(set(self.scales) - known)
             if unknown:
                 raise ValueError(f"scales {unknown} belong to none of {self.workloads}; valid: {sorted(known)}")
+        for workload, scale in cells_of(self):
+            steps = horizon_steps(self, workload, scale)
+            if len(set(steps)) != len(steps):
+                raise ValueError(f"horizons {self.horizons} give the same number of steps twice on "
+                                 f"{workload}/{scale} ({steps}); use horizons further apart or more steps")
         return self
 
     def resolved(self) -> dict[str, Any]:
@@ -104,10 +142,13 @@ class ArenaConfig(BaseModel):
                 "evaluations": evaluations}
 
     def storage_url(self) -> str:
-        return self.storage or default_storage_url(self.out)
+        return normalize_storage_url(self.storage or default_storage_url(self.out))
 
     def study_settings(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", exclude={"out", "storage", "budget"})
+        """What the numbers depend on. Workers and the lease do not change them; nor does a default horizon."""
+        data = self.model_dump(mode="json", exclude={"out", "storage", "budget", "workers", "lease_seconds"})
+        if self.horizons == [1.0]:
+            del data["horizons"]  # studies recorded before horizons existed keep their names
         data.update(self.resolved())
         return data
 
@@ -126,35 +167,140 @@ def cells_of(config: ArenaConfig) -> list[tuple[str, str]]:
     return cells
 
 
+def horizon_steps(config: ArenaConfig, workload: str, scale: str) -> list[int]:
+    """Training steps at each horizon: the horizon times the budget's steps (or the workload's default)."""
+    steps = config.resolved()["steps"] or get_workload(workload).default_steps(scale)
+    return [max(1, round(h * steps)) for h in config.horizons]
+
+
+def normalize_storage_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 (our ``postgres`` extra) unless psycopg2 is what is installed."""
+    if url.startswith("postgresql://"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            return url
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _tuners(config: ArenaConfig, store: ResultStore, claims: Claims, study: str, *,
+            on_run: Callable[[str, str, RunResult], None] | None = None,
+            on_step: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> list[CellTuner]:
+    """One tuner per (workload, scale, horizon, optimizer), in the order a single worker runs them."""
+    budget = config.resolved()
+    schedule, schedule_options = parse_schedule(config.schedule)
+    checkpoints = str(config.out / "checkpoints")
+    tuners = []
+    for workload, scale in cells_of(config):
+        for steps in horizon_steps(config, workload, scale):
+            for optimizer in config.optimizers:
+                base = RunConfig(
+                    workload=workload, scale=scale, optimizer=optimizer, schedule=schedule,
+                    schedule_options=schedule_options, warmup_fraction=config.warmup_fraction, steps=steps,
+                    seed=config.seed, grad_clip=config.grad_clip,
+                    eval_every=max(1, steps // budget["evaluations"]),
+                )
+                cell = f"{workload}/{scale}/{optimizer}" + (f"@{steps}" if len(config.horizons) > 1 else "")
+                tuners.append(CellTuner(
+                    base, store, claims, study=study, n_trials=budget["trials"], seeds=budget["seeds"],
+                    protocol=config.protocol, checkpoint_dir=checkpoints,
+                    on_run=(lambda label, result, cell=cell: on_run(cell, label, result)) if on_run else None,
+                    on_step=on_step, should_stop=should_stop,
+                ))
+    return tuners
+
+
+def _work(tuners: list[CellTuner], *, poll_seconds: float, should_stop: Callable[[], bool] | None = None,
+          idle: Callable[[], None] | None = None) -> bool:
+    """Advance the cells until all are done; always the first cell that can make progress.
+
+    One worker alone therefore runs the cells in order, each to the end, as a sequential loop
+    would. Returns False if ``should_stop`` asked to stop first.
+    """
+    while True:
+        if should_stop is not None and should_stop():
+            return False
+        progressed, unfinished = False, False
+        for tuner in tuners:
+            state = tuner.advance()
+            if state == RAN:
+                progressed = True
+                break
+            unfinished = unfinished or state != DONE
+        if not progressed:
+            if not unfinished:
+                return True
+            if idle is not None:
+                idle()
+            time.sleep(poll_seconds)
+
+
+def _open_store(url: str) -> ResultStore:
+    return retry_on_race(lambda: ResultStore(url))  # several workers may create the tables at once
+
+
+def _worker_main(settings_json: str, parent_pid: int) -> None:
+    """A worker process started by :func:`run_arena`: one torch thread; stops if its parent dies."""
+    import torch
+
+    torch.set_num_threads(1)
+    config = ArenaConfig.model_validate_json(settings_json)
+    store = _open_store(config.storage_url())
+    claims = Claims(store.engine, lease_seconds=config.lease_seconds)
+
+    def orphaned() -> bool:
+        return os.getppid() != parent_pid
+
+    tuners = _tuners(config, store, claims, config.study_name(), should_stop=orphaned)
+    _work(tuners, poll_seconds=_poll_seconds(config), should_stop=orphaned)
+
+
+def _poll_seconds(config: ArenaConfig) -> float:
+    return min(0.5, config.lease_seconds / 10)
+
+
 def run_arena(
     config: ArenaConfig,
     *,
     on_run: Callable[[str, str, RunResult], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[ResultStore, str, list[CellResult]]:
-    """Tune every optimizer on every cell with the same budget; returns the store, study name and results."""
+    """Tune every optimizer on every cell with the same budget; returns the store, study name and results.
+
+    With ``config.workers > 1`` this process is worker 0 (it reports progress) and starts the
+    others; it returns when every cell is complete, whoever trained its runs.
+    """
     config.out.mkdir(parents=True, exist_ok=True)
-    store = ResultStore(config.storage_url())
+    store = _open_store(config.storage_url())
     study = config.study_name()
     settings = config.study_settings()
-    store.save_study(study, settings)
-    budget = config.resolved()
-    schedule, schedule_options = parse_schedule(config.schedule)
-    checkpoints = config.out / "checkpoints"
-    results = []
-    for workload, scale in cells_of(config):
-        for optimizer in config.optimizers:
-            steps = budget["steps"] or get_workload(workload).default_steps(scale)
-            base = RunConfig(
-                workload=workload, scale=scale, optimizer=optimizer, schedule=schedule,
-                schedule_options=schedule_options, warmup_fraction=config.warmup_fraction, steps=steps,
-                seed=config.seed, grad_clip=config.grad_clip, eval_every=max(1, steps // budget["evaluations"]),
-            )
-            cell = f"{workload}/{scale}/{optimizer}"
-            results.append(tune_cell(
-                base, store, study=study, n_trials=budget["trials"], seeds=budget["seeds"],
-                protocol=config.protocol, checkpoint_dir=str(checkpoints),
-                on_run=(lambda label, result, cell=cell: on_run(cell, label, result)) if on_run else None,
-                on_step=on_step,
-            ))
-    return store, study, results
+    retry_on_race(lambda: store.save_study(study, settings))
+    claims = Claims(store.engine, lease_seconds=config.lease_seconds)
+    children: list[subprocess.Popen] = []
+    if config.workers > 1:
+        import torch
+
+        torch.set_num_threads(1)
+        # Fresh interpreters (not fork: torch's thread pools do not survive it; not multiprocessing's
+        # spawn: it re-imports the caller's __main__, which breaks scripts without a main guard).
+        command = [sys.executable, "-c", "import sys; from optarena.arena.runner import _worker_main; "
+                   "_worker_main(sys.argv[1], int(sys.argv[2]))", config.model_dump_json(), str(os.getpid())]
+        children = [subprocess.Popen(command) for _ in range(config.workers - 1)]
+    tuners = _tuners(config, store, claims, study, on_run=on_run, on_step=on_step)
+    try:
+        # poll() reaps a dead worker, so its claims read as stale at once (a zombie's pid still exists).
+        _work(tuners, poll_seconds=_poll_seconds(config),
+              idle=(lambda: [child.poll() for child in children]) if children else None)
+    finally:
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.terminate()
+                child.wait()
+    return store, study, [t.result() for t in tuners]

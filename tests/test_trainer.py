@@ -157,3 +157,9 @@ def test_wsd_s_evaluates_and_saves_a_model_per_budget(tmp_path):
     lrs = {p.step: p.lr for p in result.curve}
     # point s logs the lr of update s: linear decay over updates 17..20, then the peak resumes at update 21
     assert [lrs[s] / 0.05 for s in (16, 17, 18, 19, 20, 21)] == pytest.approx([1, 1, 0.75, 0.5, 0.25, 1])
+
+
+def test_run_key_ignores_settings_left_at_their_defaults():
+    assert _config().key() == _config(averaging="none", ema_decay=0.99).key()
+    assert _config().key() != _config(averaging="ema").key()
+    assert _config(steps=None).key() == _config(steps=300).key()  # quadratic's default budget

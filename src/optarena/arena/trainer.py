@@ -72,7 +72,9 @@ class RunConfig(BaseModel):
         return self.steps if self.steps is not None else get_workload(self.workload).default_steps(self.scale)
 
     def key(self) -> str:
-        payload = self.model_dump()
+        """Hash of the settings that differ from the defaults (plus the step budget), so that a new
+        field added with a default leaves the keys of existing runs, and their reuse, intact."""
+        payload = self.model_dump(exclude_defaults=True)
         payload["steps"] = self.resolved_steps()
         blob = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]

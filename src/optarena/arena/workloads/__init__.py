@@ -54,6 +54,10 @@ def list_workloads() -> list[str]:
 
 
 # Importing a workload module registers it; one line per module, keep sorted.
+from optarena.arena.workloads import digits  # noqa: E402,F401
 from optarena.arena.workloads import lm  # noqa: E402,F401
+from optarena.arena.workloads import logreg  # noqa: E402,F401
+from optarena.arena.workloads import matrix_sensing  # noqa: E402,F401
+from optarena.arena.workloads import modular  # noqa: E402,F401
 from optarena.arena.workloads import quadratic  # noqa: E402,F401
 # (new workload modules: add their import line above this comment)

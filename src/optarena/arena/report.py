@@ -351,7 +351,7 @@ def _plot_scale(scores: StudyScores, workload: str, scales: list[str], path: Pat
             ax.plot(*zip(*eq), "D--", color=color, mfc="none", label=f"{name}: data-equivalent (fit)")
     ax.axhline(1.0, color="gray", lw=1, label=f"{scores.baseline} (1 by definition)")
     ax.set_xticks(xs, [f"{s}\n({largest[s].steps} steps)" for s in scales])
-    ax.set_xlabel("model scale (each at its largest budget)")
+    ax.set_xlabel("scale (each at its largest budget)")
     ax.set_ylabel(f"speedup vs {scores.baseline}")
     ax.set_title(f"{workload}: speedup against scale\n(solid: steps to {scores.baseline}'s loss; dashed: "
                  "data-equivalent, from the fit)", fontsize=10)
@@ -428,8 +428,13 @@ def _data_rows(scores: StudyScores, data: DataEquivalentSpeedup) -> list[dict[st
             loss = data.losses[name].get(b)
             v = data.speedups.get(name, {}).get(b)
             text = "—" if loss is None else f"{loss:.4f}"
-            if v is not None:
-                text += f" → {'∞ (below β)' if math.isinf(v) else f'{v:.2f}x'}"
+            if v is not None and math.isinf(v):
+                text += " → ∞ (below β)"
+            elif v is not None:
+                d_eff = v * b / data.unit  # in the fit's units
+                outside = d_eff > 2 * max(data.fit.budgets) or d_eff < min(data.fit.budgets) / 2
+                text += f" → {v:.2f}x" if v >= 0.1 else f" → {v:.2g}x"
+                text += " (extrapolated)" if outside else ""
             row[f"{b} steps: loss → D_eff/D"] = text
         summaries = [c.get(name) for c in cells.values() if c.get(name) is not None]
         row["tuning budget"] = _budget(sum(s.budget_runs for s in summaries), sum(s.budget_steps for s in summaries))
@@ -497,6 +502,9 @@ def _blocks(store: ResultStore, scores: StudyScores, study_config: dict[str, Any
             blocks.append(_Block("p", f"Fit over {len(f.budgets)} budgets (D = steps / {data.unit}): "
                                       f"α = {f.alpha:.4g}, B = {f.exponent:.4g}, β = {f.beta:.4g}."))
             blocks.append(_Block("table", rows=_data_rows(scores, data)))
+            blocks.append(_Block("p", "'extrapolated': D_eff lies more than 2x outside the budgets the fit saw; "
+                                      "'below β': the loss is under the fitted floor, which the baseline never "
+                                      "reaches."))
         if budgets[(data.workload, data.scale)] >= 2:
             name = f"budget_{data.workload}_{data.scale}.png"
             _plot_budget(scores, data, plots / name)
@@ -513,7 +521,7 @@ def _blocks(store: ResultStore, scores: StudyScores, study_config: dict[str, Any
         for workload, scales in several.items():
             name = f"scale_{workload}.png"
             _plot_scale(scores, workload, _scale_order(workload, scales), plots / name)
-            blocks.append(_Block("img", f"{workload}: speedup against model scale", src=f"plots/{name}"))
+            blocks.append(_Block("img", f"{workload}: speedup against scale", src=f"plots/{name}"))
 
     # per cell
     for cell in scores.cells:

@@ -33,12 +33,48 @@ import math
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
-
 from optarena.optim._foreach import collect_grads, group_by_device_dtype
+from optarena.optim.lion import cache_blocks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
-__all__ = ["AdamP", "SGDP", "project_scale_invariant"]
+__all__ = ["AdamP", "SGDP", "project_scale_invariant", "scale_invariant_view"]
+
+
+def scale_invariant_view(
+    param: torch.Tensor, grad: torch.Tensor, delta: float, eps: float
+) -> tuple[int, int] | None:
+    """The view (``(rows, -1)`` per channel, else ``(1, -1)`` for the layer) on which ``param`` looks
+    scale-invariant, or None. Tensors with fewer than two dimensions never are.
+
+    The cosines come from one set of per-row reductions (row dot products and norms); the
+    layer's are their sums. Same arithmetic as ``F.cosine_similarity``: ``<g, θ> /
+    (max(‖g‖, eps) max(‖θ‖, eps))``.
+    """
+    if param.ndim < 2:
+        return None
+    rows = param.shape[0]
+    g2, p2 = grad.reshape(rows, -1), param.reshape(rows, -1)
+    acc = torch.promote_types(param.dtype, torch.float32)
+    dots = torch.linalg.vecdot(g2, p2, dim=1) if acc == param.dtype else torch.linalg.vecdot(
+        g2.to(acc), p2.to(acc), dim=1)
+    g_sq = torch.linalg.vector_norm(g2, dim=1, dtype=acc).square()
+    p_sq = torch.linalg.vector_norm(p2, dim=1, dtype=acc).square()
+    channel = dots.abs() / (g_sq.sqrt().clamp_min(eps) * p_sq.sqrt().clamp_min(eps))
+    if channel.max() < delta / math.sqrt(p2.shape[1]):
+        return (rows, -1)
+    layer = dots.sum().abs() / (g_sq.sum().sqrt().clamp_min(eps) * p_sq.sum().sqrt().clamp_min(eps))
+    if layer < delta / math.sqrt(param.numel()):
+        return (1, -1)
+    return None
+
+
+def _remove_radial(param: torch.Tensor, update: torch.Tensor, view: tuple[int, int], eps: float) -> torch.Tensor:
+    """u - θ̂ <θ̂, u> on ``view``, with θ̂ = θ / (‖θ‖ + eps)."""
+    p_view = param.reshape(view)
+    p_unit = p_view / p_view.norm(dim=1, keepdim=True).add_(eps)
+    u_view = update.reshape(view)
+    radial = (p_unit * u_view).sum(dim=1, keepdim=True)
+    return (u_view - p_unit * radial).view_as(update)
 
 
 def project_scale_invariant(
@@ -49,17 +85,10 @@ def project_scale_invariant(
     Returns the (possibly new) update and the weight-decay ratio to use. Tensors with fewer
     than two dimensions are returned unchanged with ratio 1.
     """
-    if param.ndim < 2:
+    view = scale_invariant_view(param, grad, delta, eps)
+    if view is None:
         return update, 1.0
-    for view in ((param.shape[0], -1), (1, -1)):  # per output channel, then the whole layer
-        p_view = param.reshape(view)
-        cosine = F.cosine_similarity(grad.reshape(view), p_view, dim=1, eps=eps).abs_()
-        if cosine.max() < delta / math.sqrt(p_view.shape[1]):
-            p_unit = p_view / p_view.norm(dim=1, keepdim=True).add_(eps)
-            u_view = update.reshape(view)
-            radial = (p_unit * u_view).sum(dim=1, keepdim=True)
-            return (u_view - p_unit * radial).view_as(update), wd_ratio
-    return update, 1.0
+    return _remove_radial(param, update, view, eps), wd_ratio
 
 
 def _check_common(name: str, lr: float, weight_decay: float, delta: float, wd_ratio: float, eps: float) -> None:
@@ -118,66 +147,49 @@ class AdamP(torch.optim.Optimizer):
             if not params:
                 continue
             group["step"] = group.get("step", 0) + 1
-            exp_avgs, exp_avg_sqs = [], []
             for p in params:
                 state = self.state[p]
                 if "exp_avg" not in state:
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-            for chunk in group_by_device_dtype(params, grads, exp_avgs, exp_avg_sqs):
-                _adamp_update(*chunk, group=group)
+            # the test uses the raw gradient and the current weight, so it comes first; tensors that
+            # are not projected (most of them) then take a purely elementwise, cache-blocked path
+            views = [scale_invariant_view(p, g, group["delta"], group["eps"]) for p, g in zip(params, grads)]
+            plain = [i for i, v in enumerate(views) if v is None]
+            lists = tuple([[t[i] for i in plain] for t in (params, grads)]) + tuple(
+                [self.state[params[i]][key] for i in plain] for key in ("exp_avg", "exp_avg_sq"))
+            for chunk in group_by_device_dtype(*lists):
+                blocks = cache_blocks(chunk) if group["foreach"] else [tuple([t] for t in ts) for ts in zip(*chunk)]
+                for block in blocks:
+                    _adamp_block(*block, group=group, wd_ratio=1.0, view=None)
+            for i, view in enumerate(views):
+                if view is not None:
+                    state = self.state[params[i]]
+                    _adamp_block([params[i]], [grads[i]], [state["exp_avg"]], [state["exp_avg_sq"]], group=group,
+                                 wd_ratio=group["wd_ratio"], view=view)
         return loss
 
 
-def _adamp_update(
+def _adamp_block(
     params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor], *, group: dict[str, Any],
+    exp_avg_sqs: list[torch.Tensor], *, group: dict[str, Any], wd_ratio: float, view: tuple[int, int] | None,
 ) -> None:
+    """Adam moments and the decoupled step on a block of tensors; ``view`` projects (one tensor)."""
     beta1, beta2 = group["betas"]
-    lr, eps, step = group["lr"], group["eps"], group["step"]
-    bc2_sqrt = math.sqrt(1 - beta2**step)
-    if group["foreach"]:
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-        denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, bc2_sqrt)
-        torch._foreach_add_(denom, eps)
-        first = torch._foreach_lerp(exp_avgs, grads, 1 - beta1) if group["nesterov"] else exp_avgs
-        updates = torch._foreach_div(first, denom)
-    else:
-        updates = []
-        for g, m, v in zip(grads, exp_avgs, exp_avg_sqs):
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = v.sqrt().div_(bc2_sqrt).add_(eps)
-            first = torch.lerp(m, g, 1 - beta1) if group["nesterov"] else m
-            updates.append(first / denom)
-    _project_decay_apply(params, grads, updates, group, lr / (1 - beta1**step), decay_scale=1.0)
-
-
-def _project_decay_apply(
-    params: list[torch.Tensor], grads: list[torch.Tensor], updates: list[torch.Tensor],
-    group: dict[str, Any], step_size: float, decay_scale: float,
-) -> None:
-    """Project each update, decay by ``lr wd ratio decay_scale``, then ``θ -= step_size u``."""
-    lr, wd = group["lr"], group["weight_decay"]
-    updates = list(updates)
-    factors = []
-    for i, (p, g) in enumerate(zip(params, grads)):
-        updates[i], ratio = project_scale_invariant(p, g, updates[i], group["delta"], group["wd_ratio"], group["eps"])
-        factors.append(1 - lr * wd * ratio * decay_scale)
-    if group["foreach"]:
-        if wd != 0:
-            torch._foreach_mul_(params, factors)
-        torch._foreach_add_(params, updates, alpha=-step_size)
-    else:
-        for p, u, f in zip(params, updates, factors):
-            if wd != 0:
-                p.mul_(f)
-            p.add_(u, alpha=-step_size)
+    lr, eps, step, wd = group["lr"], group["eps"], group["step"], group["weight_decay"]
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, math.sqrt(1 - beta2**step))
+    torch._foreach_add_(denom, eps)
+    first = torch._foreach_lerp(exp_avgs, grads, 1 - beta1) if group["nesterov"] else exp_avgs
+    updates = torch._foreach_div(first, denom)
+    if view is not None:
+        updates = [_remove_radial(params[0], updates[0], view, eps)]
+    if wd != 0:
+        torch._foreach_mul_(params, 1 - lr * wd * wd_ratio)
+    torch._foreach_add_(params, updates, alpha=-lr / (1 - beta1**step))
 
 
 class SGDP(torch.optim.Optimizer):
@@ -229,20 +241,33 @@ class SGDP(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 bufs.append(state["momentum_buffer"])
-            mu, damp = group["momentum"], group["dampening"]
-            for ps, gs, bs in group_by_device_dtype(params, grads, bufs):
-                if group["foreach"]:
-                    torch._foreach_mul_(bs, mu)
-                    torch._foreach_add_(bs, gs, alpha=1 - damp)
-                    updates = torch._foreach_add(gs, bs, alpha=mu) if group["nesterov"] else list(bs)
-                else:
-                    updates = []
-                    for g, b in zip(gs, bs):
-                        b.mul_(mu).add_(g, alpha=1 - damp)
-                        updates.append(g.add(b, alpha=mu) if group["nesterov"] else b)
-                # the projection returns new tensors, so the buffers themselves are never modified
-                _project_decay_apply(ps, gs, updates, group, group["lr"], decay_scale=1 / (1 - mu))
+            views = [scale_invariant_view(p, g, group["delta"], group["eps"]) for p, g in zip(params, grads)]
+            plain = [i for i, v in enumerate(views) if v is None]
+            lists = tuple([[t[i] for i in plain] for t in (params, grads, bufs)])
+            for chunk in group_by_device_dtype(*lists):
+                blocks = cache_blocks(chunk) if group["foreach"] else [tuple([t] for t in ts) for ts in zip(*chunk)]
+                for block in blocks:
+                    _sgdp_block(*block, group=group, wd_ratio=1.0, view=None)
+            for i, view in enumerate(views):
+                if view is not None:
+                    _sgdp_block([params[i]], [grads[i]], [bufs[i]], group=group, wd_ratio=group["wd_ratio"], view=view)
         return loss
+
+
+def _sgdp_block(
+    params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], *,
+    group: dict[str, Any], wd_ratio: float, view: tuple[int, int] | None,
+) -> None:
+    """Momentum and the decoupled step on a block of tensors; ``view`` projects (one tensor)."""
+    lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+    torch._foreach_mul_(bufs, mu)
+    torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
+    updates = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else list(bufs)
+    if view is not None:  # a new tensor: the buffer itself is never projected
+        updates = [_remove_radial(params[0], updates[0], view, group["eps"])]
+    if wd != 0:
+        torch._foreach_mul_(params, 1 - lr * wd * wd_ratio / (1 - mu))
+    torch._foreach_add_(params, updates, alpha=-lr)
 
 
 register(

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads, group_by_device_dtype
-from optarena.optim.lion import cache_blocks
+from optarena.optim.lion import CPU_BLOCK_NUMEL, cache_blocks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["AMAdamW", "AMSGD"]
@@ -196,33 +196,74 @@ class AMAdamW(torch.optim.Optimizer):
             bc2_sqrt = math.sqrt(1 - beta2**t)
             for p, g in zip(params, grads):
                 state = self.state[p]
-                acc = torch.promote_types(p.dtype, torch.float32)  # reductions and β in at least fp32
                 first = "exp_avg" not in state
                 if first:
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["beta_product"] = torch.ones((), device=p.device, dtype=acc)
-                d, v, prod = state["exp_avg"], state["exp_avg_sq"], state["beta_product"]
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                correction = (1 - beta_max * prod).to(p.dtype)
-                precond = v.sqrt().div_(bc2_sqrt).add_(eps).mul_(correction)  # P
-                damp = precond * lam + 1  # 1 + a, a = λP
-                diff = d - g  # u
-                if first:
-                    beta = torch.full((), beta_max, device=p.device, dtype=acc)
-                else:
-                    metric = (precond * damp).reciprocal_()  # M
-                    gap = (g * (d / precond).add_(p, alpha=wd)).sum(dtype=acc) * gap_scale
-                    pull = (diff * metric * (g + (damp - 1) * d)).sum(dtype=acc)
-                    curvature = (diff.square() * metric).sum(dtype=acc)
-                    beta = torch.where(curvature > 0, ((gap - pull) / curvature).clamp(0.0, beta_max),
-                                       torch.full_like(curvature, beta_max))
-                d.sub_(diff.mul_((1 - beta).to(p.dtype)).div_(damp))
-                prod.mul_(beta)
-                if wd != 0:
-                    p.mul_(1 - lr * wd)
-                p.addcdiv_(d, precond, value=-lr)
+                    state["beta_product"] = torch.ones(
+                        (), device=p.device, dtype=torch.promote_types(p.dtype, torch.float32))
+                _am_adamw_tensor(p, g, state["exp_avg"], state["exp_avg_sq"], state["beta_product"], first=first,
+                                 beta_max=beta_max, beta2=beta2, bc2_sqrt=bc2_sqrt, eps=eps, lr=lr, wd=wd, lam=lam,
+                                 gap_scale=gap_scale)
         return loss
+
+
+def _blocks(*tensors: torch.Tensor, block_numel: int = CPU_BLOCK_NUMEL) -> list[tuple[torch.Tensor, ...]]:
+    """Parallel flat slices of one parameter's tensors (whole tensors off CPU or if not contiguous)."""
+    if not all(t.is_contiguous() for t in tensors):
+        return [tensors]
+    flats = [t.view(-1) for t in tensors]
+    if tensors[0].device.type != "cpu":
+        return [tuple(flats)]
+    n = flats[0].numel()
+    return [tuple(f[s:s + block_numel] for f in flats) for s in range(0, n, block_numel)]
+
+
+def _am_adamw_tensor(
+    p: torch.Tensor, g: torch.Tensor, d: torch.Tensor, v: torch.Tensor, prod: torch.Tensor, *, first: bool,
+    beta_max: float, beta2: float, bc2_sqrt: float, eps: float, lr: float, wd: float, lam: float, gap_scale: float,
+) -> None:
+    """One AM-AdamW step on one tensor: pass 1 sums β's three inner products, pass 2 updates.
+
+    Both passes run block by block (cache-sized slices on CPU) and recompute the cheap
+    elementwise quantities instead of storing tensor-sized temporaries.
+    """
+    acc = prod.dtype
+    correction = (1 - beta_max * prod).to(p.dtype)
+    blocks = _blocks(p, g, d, v)
+
+    def preconditioner(vb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        precond = vb.sqrt().div_(bc2_sqrt).add_(eps).mul_(correction)  # P
+        return precond, precond * lam + 1  # P, 1 + a with a = λP
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (torch.dot(a, b) if a.ndim == 1 else (a * b).sum()).to(acc)
+
+    for _, gb, _, vb in blocks:
+        vb.mul_(beta2).addcmul_(gb, gb, value=1 - beta2)
+    if first:
+        beta = torch.full((), beta_max, device=p.device, dtype=acc)
+    else:
+        sums = torch.zeros(3, device=p.device, dtype=acc)  # gap, pull, curvature
+        for pb, gb, db, vb in blocks:
+            precond, damp = preconditioner(vb)
+            weighted = (db - gb).div_(precond * damp)  # M u, with M = 1 / (P (1 + a))
+            sums += torch.stack([
+                dot(gb, (db / precond).add_(pb, alpha=wd)),  # <g, d/P + wd θ>
+                dot(weighted, gb + (damp - 1) * db),  # <u, M (g + a d)>
+                dot(weighted, db - gb),  # <u, M u>
+            ])
+        gap, pull, curvature = sums[0] * gap_scale, sums[1], sums[2]
+        beta = torch.where(curvature > 0, ((gap - pull) / curvature).clamp(0.0, beta_max),
+                           torch.full_like(curvature, beta_max))
+    keep = (1 - beta).to(p.dtype)
+    for pb, gb, db, vb in blocks:
+        precond, damp = preconditioner(vb)
+        db.sub_((db - gb).mul_(keep).div_(damp))  # d <- d - (1 - β) u / (1 + a)
+        if wd != 0:
+            pb.mul_(1 - lr * wd)
+        pb.addcdiv_(db, precond, value=-lr)
+    prod.mul_(beta)
 
 
 _PAPER = Paper("Adaptive Memory Momentum via a Model-Based Framework for Deep Learning Optimization",

@@ -50,8 +50,12 @@ def _rms_normalize_step(p: torch.Tensor, direction: torch.Tensor, dim: int, lr: 
     """θ <- θ (1 - lr wd) - lr direction / max(rms over ``dim``, 1e-8) on the (rows, -1) view."""
     d2 = direction.reshape(direction.shape[0], -1)
     acc = torch.promote_types(direction.dtype, torch.float32)
-    rms = torch.linalg.vector_norm(d2, dim=dim, keepdim=True, dtype=acc).div_(math.sqrt(d2.shape[dim]))
-    rms = rms.clamp_min_(1e-8).to(direction.dtype)
+    if dim == 1:
+        sq = torch.linalg.vector_norm(d2, dim=1, keepdim=True, dtype=acc).square_()
+    else:  # column sums of squares: a strided norm over dim 0 is ~8x slower on CPU than this dot product
+        cols = d2.to(acc).t()
+        sq = torch.linalg.vecdot(cols, cols, dim=1).unsqueeze(0)
+    rms = sq.div_(d2.shape[dim]).sqrt_().clamp_min_(1e-8).to(direction.dtype)
     if weight_decay != 0:
         p.mul_(1 - lr * weight_decay)
     p.view(d2.shape).addcdiv_(d2, rms, value=-lr)

@@ -1,0 +1,260 @@
+"""Optimizer step time and state memory on a ~25M-parameter transformer's parameter set.
+
+For every registered optimizer (or those named with ``--optimizers``) this measures, in
+one run and on one machine:
+
+- the wall time of ``optimizer.step()`` (median over ``--repeats`` timed steps after
+  ``--warmup`` untimed ones), with random gradients restored before each step outside
+  the timer (some peers modify gradients in place);
+- the optimizer state in bytes per parameter (every tensor in ``optimizer.state``);
+- the same for the same method in pytorch-optimizer (foreach and per-tensor, the faster
+  is reported) and for torch's AdamW (foreach, and ``fused=True``) as the baseline;
+- the bandwidth bound: the bytes a step must move at least (read parameters, gradients
+  and state, write parameters and state: ``2 P + G + 2 S`` bytes per parameter with the
+  measured state ``S``), divided by this machine's memory bandwidth, measured in the same
+  run with a large in-place add. For matrix optimizers this counts only that elementwise
+  traffic, not their matrix products, so their ratio is not a target.
+
+No forward pass is run: the model only supplies parameter shapes and names (so the
+optimizers build their usual parameter groups). Optimizers that need a forward pass
+(MKOR's hooks) or a Hessian pass (Sophia's ``update_hessian``, run every k steps) are
+timed on ``step()`` alone. Usage::
+
+    python benchmarks/optimizer_step.py --quick
+    python benchmarks/optimizer_step.py --optimizers lion,adan,adamw --repeats 20 --out results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from optarena.optim import create_optimizer, get_spec, list_optimizers
+
+
+class ShapeOnlyTransformer(nn.Module):
+    """The parameters of a pre-LN decoder (d=512, 6 layers, vocab 6144, untied head): ~25.2M."""
+
+    def __init__(self, vocab: int = 6144, width: int = 512, layers: int = 6) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            block = nn.Module()
+            block.ln1 = nn.LayerNorm(width)
+            block.attn_qkv = nn.Linear(width, 3 * width)
+            block.attn_proj = nn.Linear(width, width)
+            block.ln2 = nn.LayerNorm(width)
+            block.mlp_fc = nn.Linear(width, 4 * width)
+            block.mlp_proj = nn.Linear(4 * width, width)
+            self.blocks.append(block)
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab, bias=False)
+
+
+def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Best-of-n bandwidth of ``a += b`` in bytes/s (reads a and b, writes a: 3 bytes moved per byte of a).
+
+    An in-place update is the access pattern of an optimizer step (a plain copy pays an
+    extra read of the destination before writing it); the arrays are larger than the
+    caches so this is memory, not cache, bandwidth.
+    """
+    n = megabytes * 2**20 // 4
+    a, b = torch.zeros(n), torch.ones(n)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.add_(b)
+        best = min(best, time.perf_counter() - t0)
+    return 3 * n * 4 / best
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                total += value.numel() * value.element_size()
+    return total
+
+
+@dataclass
+class Row:
+    optimizer: str
+    implementation: str
+    ms: float | None
+    state_bytes: float | None
+    traffic_bytes: float | None
+    note: str = ""
+
+
+def time_steps(make: Callable[[list[torch.nn.Parameter]], Any], model: nn.Module, grads: list[torch.Tensor],
+               warmup: int, repeats: int, first_step_kwargs: dict[str, Any] | None = None) -> tuple[float, int]:
+    """Median ms of optimizer.step() and the state bytes afterwards; gradients restored untimed."""
+    params = list(model.parameters())
+    optimizer = make(params)
+    if callable(getattr(optimizer, "train", None)):
+        optimizer.train()
+    times = []
+    for i in range(warmup + repeats):
+        for p, g in zip(params, grads):
+            p.grad.copy_(g)
+        prepare = getattr(optimizer, "prepare_step", None)
+        t0 = time.perf_counter()
+        if callable(prepare):
+            prepare()
+        optimizer.step(**(first_step_kwargs or {})) if i == 0 else optimizer.step()
+        elapsed = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(elapsed)
+    size = state_bytes(optimizer)
+    del optimizer
+    gc.collect()
+    return statistics.median(times) * 1e3, size
+
+
+def peers(name: str) -> list[tuple[str, Callable[[list[torch.nn.Parameter]], Any], dict[str, Any] | None]]:
+    """Peer implementations of the registered method ``name`` with its registry defaults mapped."""
+    spec = get_spec(name)
+    d = dict(spec.defaults)
+    out: list[tuple[str, Callable, dict | None]] = []
+    try:
+        import pytorch_optimizer as po
+    except ImportError:
+        return out
+
+    def both(label: str, factory: Callable[..., Any], **kw: Any) -> None:
+        for foreach in (True, False):
+            out.append((f"{label} (foreach={foreach})", lambda p, f=foreach: factory(p, foreach=f, **kw), None))
+
+    if name == "lion":
+        both("pytorch-optimizer Lion", po.Lion, lr=d["lr"], betas=d["betas"], weight_decay=d["weight_decay"])
+    elif name == "adan":
+        both("pytorch-optimizer Adan", po.Adan, lr=d["lr"], betas=d["betas"], eps=d["eps"],
+             weight_decay=d["weight_decay"], weight_decouple=d["no_prox"])
+    elif name == "adamp":
+        both("pytorch-optimizer AdamP", po.AdamP, lr=d["lr"], betas=d["betas"], eps=d["eps"],
+             weight_decay=d["weight_decay"], delta=d["delta"], wd_ratio=d["wd_ratio"])
+    elif name == "sgdp":
+        both("pytorch-optimizer SGDP", po.SGDP, lr=d["lr"], momentum=d["momentum"], nesterov=d["nesterov"],
+             weight_decay=d["weight_decay"], delta=d["delta"], wd_ratio=d["wd_ratio"])
+    elif name == "schedule_free_adamw":
+        both("pytorch-optimizer ScheduleFreeAdamW", po.ScheduleFreeAdamW, lr=d["lr"], betas=d["betas"],
+             eps=d["eps"], weight_decay=d["weight_decay"], warmup_steps=d["warmup_steps"])
+    elif name == "sophia_h":
+        # the first step gets a (zero) Hessian so po does not need a create_graph backward; later
+        # steps skip the refresh (update_period is large), as ours does between refreshes
+        for foreach in (True, False):
+            out.append((f"pytorch-optimizer SophiaH (foreach={foreach})",
+                        lambda p, f=foreach: po.SophiaH(p, lr=d["lr"] / d["rho"], p=d["rho"], betas=d["betas"],
+                                                        weight_decay=d["weight_decay"] * d["rho"],
+                                                        update_period=10**9, foreach=f),
+                        "hessian"))
+    return out
+
+
+def run(names: list[str], warmup: int, repeats: int) -> tuple[list[Row], dict[str, Any]]:
+    torch.manual_seed(0)
+    model = ShapeOnlyTransformer()
+    params = list(model.parameters())
+    n_params = sum(p.numel() for p in params)
+    grads = [torch.randn_like(p) for p in params]
+    for p in params:
+        p.grad = torch.empty_like(p)
+    bandwidth = measure_bandwidth()
+    param_bytes = sum(p.numel() * p.element_size() for p in params) / n_params
+    rows: list[Row] = []
+
+    def record(label: str, impl: str, make: Callable, first_kwargs: dict | None = None, note: str = "") -> None:
+        with torch.no_grad():
+            snapshot = [p.detach().clone() for p in params]
+        try:
+            ms, size = time_steps(make, model, grads, warmup, repeats, first_kwargs)
+            per = size / n_params
+            rows.append(Row(label, impl, ms, per, 3 * param_bytes + 2 * per, note))
+        except Exception as exc:  # one optimizer failing must not stop the table
+            rows.append(Row(label, impl, None, None, None, f"error: {type(exc).__name__}: {exc}"[:90]))
+        with torch.no_grad():  # every run starts from the same parameters
+            for p, s in zip(params, snapshot):
+                p.copy_(s)
+
+    record("torch AdamW", "torch.optim.AdamW(foreach=True)",
+           lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.1, foreach=True))
+    record("torch AdamW", "torch.optim.AdamW(fused=True)",
+           lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.1, fused=True))
+    for name in names:
+        spec = get_spec(name)
+        record(name, "optarena", lambda p, n=name: create_optimizer(n, model),
+               note="" if spec.family == "elementwise" else f"{spec.family}: bound counts elementwise traffic only")
+        for label, make, first in peers(name):
+            first_kwargs = None
+            if first == "hessian":
+                first_kwargs = {"hessian": [torch.zeros_like(p) for p in params]}
+            record(name, label, make, first_kwargs)
+    info = dict(params=n_params, bandwidth=bandwidth, threads=torch.get_num_threads(), torch=torch.__version__,
+                machine=f"{platform.machine()} {platform.processor() or ''}".strip(), warmup=warmup, repeats=repeats)
+    return rows, info
+
+
+def to_markdown(rows: list[Row], info: dict[str, Any]) -> str:
+    bw = info["bandwidth"]
+    fastest_peer: dict[str, float] = {}
+    for r in rows:
+        if r.implementation != "optarena" and r.ms is not None and not r.optimizer.startswith("torch"):
+            fastest_peer[r.optimizer] = min(fastest_peer.get(r.optimizer, math.inf), r.ms)
+    lines = [
+        f"{info['params'] / 1e6:.1f}M parameters (fp32), torch {info['torch']}, {info['threads']} threads, "
+        f"{info['machine']}; memory bandwidth (in-place add) {bw / 1e9:.1f} GB/s; median of {info['repeats']} steps "
+        f"after {info['warmup']} warm-up.",
+        "",
+        "| optimizer | implementation | ms/step | state B/param | traffic B/param | bound ms | x bound | x fastest peer | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if r.ms is None:
+            lines.append(f"| {r.optimizer} | {r.implementation} | — | — | — | — | — | — | {r.note} |")
+            continue
+        bound_ms = r.traffic_bytes * info["params"] / bw * 1e3
+        peer = fastest_peer.get(r.optimizer)
+        vs_peer = f"{r.ms / peer:.2f}" if peer and r.implementation == "optarena" else ""
+        lines.append(f"| {r.optimizer} | {r.implementation} | {r.ms:.1f} | {r.state_bytes:.2f} | "
+                     f"{r.traffic_bytes:.1f} | {bound_ms:.1f} | {r.ms / bound_ms:.2f} | {vs_peer} | {r.note} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--optimizers", default="", help="comma-separated registry names (default: all)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per optimizer (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (state allocation)")
+    parser.add_argument("--quick", action="store_true", help="3 timed steps after 1 warm-up")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", default="", help="also write the markdown table to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()] or list_optimizers()
+    for n in names:
+        get_spec(n)  # unknown names fail before any timing
+    warmup, repeats = (1, 3) if args.quick else (args.warmup, args.repeats)
+    rows, info = run(names, warmup, repeats)
+    table = to_markdown(rows, info)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(table)
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

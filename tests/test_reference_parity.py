@@ -11,7 +11,7 @@ normalised rules, SophiaG) are checked against ALGORITHMS.md by hand in test_ele
 
 Achieved max |difference| after 40 steps (parameters of order 1), recorded when written:
 Lion 0, Adan 1e-16 (3e-9 with max_grad_norm: the reference takes the global norm in
-float32), AdamP 1.5e-15, SGDP 2e-16, SophiaH 1e-17, Schedule-Free AdamW 9e-15 (the
+float32), AdamP 1.5e-15, SGDP 2e-16, SophiaH 0, Schedule-Free AdamW 9e-15 (the
 reference adds 1e-15 inside the square root), AdamP/SGDP without projection vs torch
 AdamW/SGD 2e-16 / 0, SCALE's vector rule vs torch AdamW 0.
 """

@@ -176,8 +176,12 @@ def _sophia_foreach(
     # lr clip(m / max(rho h, eps), -1, 1) computed as (lr / rho) clip(m / max(h, eps / rho), -rho, rho):
     # the same value with one tensor pass fewer
     ratio = torch._foreach_div(exp_avgs, torch._foreach_clamp_min(hessians, eps / rho))
-    torch._foreach_clamp_min_(ratio, -rho)
-    torch._foreach_clamp_max_(ratio, rho)
+    if len(ratio) <= 4:  # a CPU cache block: one clamp pass per tensor beats two foreach passes
+        for r in ratio:
+            r.clamp_(-rho, rho)
+    else:
+        torch._foreach_clamp_min_(ratio, -rho)
+        torch._foreach_clamp_max_(ratio, rho)
     torch._foreach_add_(params, ratio, alpha=-lr / rho)
 
 

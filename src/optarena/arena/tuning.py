@@ -339,18 +339,22 @@ class Claims:
         retry_on_race(lambda: _claims_metadata.create_all(engine))
 
     def _insert(self, key: str, token: str, now: dt.datetime) -> bool:
+        """Insert our claim unless one exists; True if the row now holds our token."""
         values = dict(key=key, worker=self.worker, token=token, heartbeat=now)
         dialect = self.engine.dialect.name
         with self.engine.begin() as conn:
             if dialect in ("sqlite", "postgresql"):
                 module = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
-                result = conn.execute(module.insert(claims_table).values(**values).on_conflict_do_nothing())
-                return result.rowcount == 1
-            try:
-                conn.execute(sa.insert(claims_table).values(**values))
-                return True
-            except sa.exc.IntegrityError:
-                return False
+                conn.execute(module.insert(claims_table).values(**values).on_conflict_do_nothing())
+            else:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.insert(claims_table).values(**values))
+                except sa.exc.IntegrityError:
+                    pass
+            # Not the insert's rowcount: drivers disagree on it (psycopg 3 reports -1 here).
+            held = conn.execute(sa.select(claims_table.c.token).where(claims_table.c.key == key)).scalar()
+        return held == token
 
     def holder(self, key: str) -> tuple[str, str, dt.datetime] | None:
         """``(worker, token, heartbeat)`` of the claim on ``key``, if any."""
@@ -410,6 +414,14 @@ class Claims:
             with self.engine.begin() as conn:
                 conn.execute(sa.delete(claims_table).where(
                     (claims_table.c.key == key) & (claims_table.c.token == token)))
+
+    def clear_if_stale(self, key: str) -> None:
+        """Drop a stale claim on ``key`` (its holder died after recording the run, before releasing it)."""
+        current = self.holder(key)
+        if current is not None and current[0] != self.worker and self.is_stale(current[0], current[2]):
+            with self.engine.begin() as conn:
+                conn.execute(sa.delete(claims_table).where(
+                    (claims_table.c.key == key) & (claims_table.c.token == current[1])))
 
     def claimed_keys(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -541,6 +553,7 @@ class CellTuner:
             self._unseen.add(key)
             return None
         result = train(config, self.store, cell=self.cell)  # finished: read back from the store, never retrained
+        self.claims.clear_if_stale(key)
         return self._record(proposal, key, result, by_other=key in self._unseen)
 
     def _heartbeat(self, key: str) -> Callable[[int, int], None]:
@@ -652,9 +665,9 @@ class CellTuner:
         diverged runs are told FAIL and still count). A RUNNING trial whose claim is free or stale
         is taken over: its run is resumed (or read back if it finished) and told. A trial asked
         but never made ready, older than the lease, is told FAIL and void; so is a trial asked
-        after other workers filled the budget. The sampler is reseeded from (seed, number of
-        trials) before each ask, so a killed and rerun single worker asks what an uninterrupted
-        one would; with several workers the sequence depends on timing (as with any parallel TPE).
+        after other workers filled the budget. The sampler is reseeded from (seed, trial number)
+        for each trial, so a killed and rerun single worker asks what an uninterrupted one
+        would; with several workers the sequence depends on timing (as with any parallel TPE).
         """
         study = self._tpe_study()
         running = optuna.trial.TrialState.RUNNING
@@ -675,8 +688,10 @@ class CellTuner:
                 return RAN, []
             waiting = True
         if len(valid) < self.n_trials:
-            study.sampler = optuna.samplers.TPESampler(seed=self.base.seed * 1_000_003 + len(all_trials))
             trial = study.ask()
+            # Independent TPE samples at suggest time: seeding by the trial's own number makes trial n's
+            # proposal a function of (seed, n, history), and concurrent asks never share a seed.
+            study.sampler = optuna.samplers.TPESampler(seed=self.base.seed * 1_000_003 + trial.number)
             before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and _tpe_valid(t)]
             if len(before) >= self.n_trials:  # other workers filled the budget meanwhile
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -708,9 +723,19 @@ def _tpe_valid(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def _tell(study: optuna.Study, number: int, result: RunResult) -> None:
+    """Report ``result`` for trial ``number``, unless its previous holder told it before letting go of the claim."""
+    def finished() -> bool:
+        return any(t.number == number and t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+    if finished():
+        return
     score = _score(result)
-    study.tell(number, score if math.isfinite(score) else None,
-               state=None if math.isfinite(score) else optuna.trial.TrialState.FAIL)
+    try:
+        study.tell(number, score if math.isfinite(score) else None,
+                   state=None if math.isfinite(score) else optuna.trial.TrialState.FAIL)
+    except (ValueError, RuntimeError):
+        if not finished():
+            raise
 
 
 def tune_cell(

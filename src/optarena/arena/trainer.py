@@ -3,8 +3,8 @@
 Read it top to bottom like nanoGPT's ``train.py``: build the task, the optimizer and the
 schedule; then per step get the batch, forward+backward, check for divergence, clip,
 step, schedule, log; evaluate every ``eval_every`` steps and at the end; checkpoint so a
-killed run resumes exactly. Optimizer hooks (``prepare_step``, ``update_hessian``,
-``train``/``eval``) are called when an optimizer defines them.
+killed run resumes exactly. Optimizer hooks (``prepare_step``, ``observe_loss``,
+``hessian_step_due``/``update_hessian``, ``train``/``eval``) are called when an optimizer defines them.
 
 Curve convention: the point at ``step = s`` is logged after ``s`` updates; its
 ``train_loss`` is the loss of the batch the ``s``-th update used, its ``eval_loss`` the
@@ -26,6 +26,7 @@ from typing import Any, Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import optarena
 from optarena.arena.averaging import WeightAverager
@@ -264,6 +265,9 @@ def train(
                 log(CurvePoint(step + 1, (step + 1) * task.tokens_per_step, train_loss, None,
                                scheduler.get_last_lr()[0], None, time.perf_counter() - wall_start))
                 break
+            observe_loss = getattr(optimizer, "observe_loss", None)  # MKOR-H decides when to switch from it
+            if callable(observe_loss):
+                observe_loss(train_loss)
             lr = scheduler.get_last_lr()[0]
             max_norm = config.grad_clip if config.grad_clip is not None else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
@@ -271,8 +275,11 @@ def train(
             if callable(getattr(optimizer, "hessian_step_due", None)) and optimizer.hessian_step_due():
                 optimizer.zero_grad(set_to_none=True)
                 sampled = task.sampled_loss
-                optimizer.update_hessian(lambda: task.loss(model, batch),
-                                         (lambda: sampled(model, batch)) if sampled is not None else None)
+                # Hutchinson's estimator differentiates twice; only the math attention kernel supports that
+                with sdpa_kernel(SDPBackend.MATH):
+                    optimizer.update_hessian(lambda: task.loss(model, batch),
+                                             (lambda: sampled(model, batch)) if sampled is not None else None,
+                                             batch_size=task.tokens_per_step)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             if averager is not None:

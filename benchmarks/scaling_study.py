@@ -29,8 +29,8 @@ from optarena.arena.trainer import RunConfig, train  # noqa: E402
 from optarena.diagnostics.stability import lr_sensitivity  # noqa: E402
 
 GRIDS = {  # factor-2 grids, wide enough to bracket the optimum at every width
-    "adamw": [2.0**k for k in range(-13, -3)],
-    "muon": [2.0**k for k in range(-9, 0)],
+    "adamw": [2.0**k for k in range(-11, -4)],
+    "muon": [2.0**k for k in range(-8, -1)],
 }
 SENSITIVITY_LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
 

@@ -67,21 +67,27 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(f"sqlite:///{(args.out / 'study.db').resolve()}")
     warmup = round(args.warmup_fraction * args.steps)
-    # lm tiny: 32 sequences x 64 bytes per step; Power's a is lowered so its rule bites within this short run
-    power = dict(batch_size=32, seq_len=64, a=0.1, b=-0.51, lr_max=2 * args.lr, base_lr=args.lr)
+    # lm tiny: 32 sequences x 64 bytes per step. Power's a is lowered from PowerLM's 4 so that its rule
+    # a*batch*tokens^b drops below lr_max (= the fitted runs' peak) within this short run.
+    power = dict(batch_size=32, seq_len=64, a=0.05, b=-0.51, lr_max=args.lr, base_lr=args.lr)
     targets = {
         "wsd (decay 10%)": ("wsd", {"decay_fraction": 0.1}),
         "wsd (decay 30%)": ("wsd", {"decay_fraction": 0.3}),
         "linear": ("linear", {}),
-        "power (a=0.1, b=-0.51, lr_max=2x)": ("power", power),
+        "power (a=0.05, b=-0.51)": ("power", power),
     }
 
     fitted = {"constant": run(store, args, "constant"), "cosine": run(store, args, "cosine")}
-    params = fit_annealing_law([lrs_and_losses(r) for r in fitted.values()], warmup=warmup)
+    # The law describes the power-law phase; at this tiny scale the first quarter of a run is the steep escape
+    # from the unigram plateau, which it does not model, so the fit (and the error) starts after it. The
+    # paper's lambda = 0.999 suits runs of ~1e4+ steps; lambda is chosen among candidates by the fit alone.
+    fit_from = args.steps // 4
+    params = fit_annealing_law([lrs_and_losses(r) for r in fitted.values()], warmup=warmup, fit_from=fit_from,
+                               decay_factor=[0.999, 0.99, 0.95, 0.9])
     lines = [f"lm/{args.scale}, AdamW lr {args.lr:g}, {args.steps} steps, warmup {warmup}, eval every "
-             f"{args.eval_every} steps. Law fitted on constant + cosine: L0={params.L0:.4f}, A={params.A:.4f}, "
+             f"{args.eval_every} steps. Law fitted on constant + cosine from step {args.steps // 4}: L0={params.L0:.4f}, A={params.A:.4f}, "
              f"alpha={params.alpha:.4f}, C={params.C:.3g}, lambda={params.decay_factor}, R2={params.r2:.4f}.", "",
-             "| schedule | predicted final loss | observed final loss | error | curve MAPE (after warmup) |",
+             "| schedule | predicted final loss | observed final loss | error | curve MAPE (from the fit's start) |",
              "|---|---|---|---|---|"]
     plot_curves = {}
     errors = []
@@ -89,7 +95,7 @@ def main() -> None:
         predicted = predict_curve(params, schedule_lrs(args, name, **options), warmup=warmup)
         observed = run(store, args, name, **options)
         _, losses = lrs_and_losses(observed)
-        stats = compare_curves(predicted, losses, start=warmup)
+        stats = compare_curves(predicted, losses, start=fit_from)
         errors.append(stats["final_rel_error"])
         lines.append(f"| {label} | {predicted[-1]:.4f} | {observed.final_eval_loss:.4f} | "
                      f"{100 * stats['final_rel_error']:.2f}% | {100 * stats['mape']:.2f}% |")

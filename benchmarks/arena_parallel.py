@@ -7,8 +7,10 @@ workers set one thread themselves; the single worker gets the same through the
 environment). The wall time covers the whole command: interpreter start, imports,
 starting the extra workers, training, the report. It checks that both produced the same
 runs with bit-identical final losses, then prints the speedup, and the CPU seconds all
-processes used divided by the wall time: the cores the machine actually gave us (on a
-shared machine a speedup below the worker count shows up there first). Usage::
+processes used divided by the wall time: the cores the machine actually gave us. Before
+that it calibrates: N plain busy-loop processes for 3 s, whose CPU seconds per wall second
+are the most any N workers could get right now (on a shared machine, often fewer than N).
+Usage::
 
     python benchmarks/arena_parallel.py                      # lm tiny, 2 optimizers x 8 trials x 250 steps
     python benchmarks/arena_parallel.py --workers 2 --trials 12 --steps 200
@@ -51,6 +53,16 @@ def run_arena(out: Path, workers: int, args: argparse.Namespace) -> tuple[float,
     return wall, cpu
 
 
+def cores_available(processes: int, seconds: float = 3.0) -> float:
+    """CPU seconds per wall second that ``processes`` busy loops get right now: the ceiling for as many workers."""
+    loop = f"import time\nt = time.time()\nwhile time.time() - t < {seconds}: pass"
+    start, cpu = time.perf_counter(), _children_cpu()
+    busy = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(processes)]
+    for process in busy:
+        process.wait()
+    return (_children_cpu() - cpu) / (time.perf_counter() - start)
+
+
 def outcomes(out: Path) -> list[tuple]:
     with sqlite3.connect(out / "results.db") as db:
         return sorted(db.execute("select key, status, final_eval_loss from optarena_runs").fetchall())
@@ -68,6 +80,8 @@ def main() -> None:
     print(f"# arena_parallel: {args.workload}, {args.optimizers}, {args.trials} trials x {args.steps} steps "
           f"= {n_runs} runs; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at start")
+    ceiling = cores_available(args.workers)
+    print(f"calibration: {args.workers} busy-loop processes get {ceiling:.2f} cores on this machine now")
     with tempfile.TemporaryDirectory(prefix="optarena-bench-") as tmp:
         (single, single_cpu) = run_arena(Path(tmp) / "one", 1, args)
         (parallel, parallel_cpu) = run_arena(Path(tmp) / "many", args.workers, args)

@@ -80,3 +80,15 @@ def test_list_shows_every_optimizer():
     assert result.exit_code == 0
     for name in ("adamw", "sgd", "muon", "lion"):
         assert name in result.output
+
+
+def test_arena_parametrization_switch_reaches_the_runs(tmp_path):
+    result = runner.invoke(app, ["arena", "--budget", "smoke", "--optimizers", "adamw", "--scales", "small",
+                                 "--trials", "1", "--seeds", "1", "--steps", "4", "--parametrization", "mup",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(tmp_path / "results.db") as db:
+        [config] = db.execute("select config from optarena_runs").fetchone()
+    assert '"parametrization": "mup"' in config and '"attn_scale": "mup"' in config
+    bad = runner.invoke(app, ["arena", "--parametrization", "mu"])
+    assert bad.exit_code == 2 and "parametrization" in bad.output

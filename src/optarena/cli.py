@@ -69,6 +69,7 @@ def arena(
     horizons: str = typer.Option("1", help="comma-separated multiples of the step budget, each tuned on its own, "
                                            "e.g. 0.5,1,2"),
     workers: int = typer.Option(1, help="parallel worker processes on this machine (one torch thread each)"),
+    parametrization: str = typer.Option("standard", help="standard or mup (muP, for width workloads: lm)"),
     schedule: str = typer.Option("cosine", help="schedule with options, e.g. wsd:decay_fraction=0.2"),
     seed: int = typer.Option(0, help="base seed"),
     out: Path = typer.Option(Path("arena-results"), help="output directory"),
@@ -89,7 +90,7 @@ def arena(
         config = ArenaConfig(
             workloads=_split(workloads), scales=_split(scales), optimizers=_split(optimizers), budget=budget,
             trials=trials, seeds=seeds, steps=steps, protocol=protocol, schedule=schedule, seed=seed, out=out,
-            storage=storage, horizons=horizon_values, workers=workers,
+            storage=storage, horizons=horizon_values, workers=workers, parametrization=parametrization,
         )
     except (ValidationError, ValueError) as err:
         _fail(str(err))

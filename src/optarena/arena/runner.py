@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -66,6 +66,7 @@ class ArenaConfig(BaseModel):
     out: Path = Path("arena-results")
     storage: str | None = None
     horizons: list[float] = Field(default_factory=lambda: [1.0])  # multiples of each cell's step budget
+    parametrization: Literal["standard", "mup"] = "standard"  # mup: width workloads only (lm)
     workers: int = Field(1, ge=1)  # processes on this machine; not part of the study's identity
     lease_seconds: float = Field(120.0, gt=0)  # a claim without heartbeat for this long is taken over
 
@@ -149,6 +150,8 @@ class ArenaConfig(BaseModel):
         data = self.model_dump(mode="json", exclude={"out", "storage", "budget", "workers", "lease_seconds"})
         if self.horizons == [1.0]:
             del data["horizons"]  # studies recorded before horizons existed keep their names
+        if self.parametrization == "standard":
+            del data["parametrization"]  # likewise
         data.update(self.resolved())
         return data
 
@@ -203,7 +206,7 @@ def _tuners(config: ArenaConfig, store: ResultStore, claims: Claims, study: str,
                     workload=workload, scale=scale, optimizer=optimizer, schedule=schedule,
                     schedule_options=schedule_options, warmup_fraction=config.warmup_fraction, steps=steps,
                     seed=config.seed, grad_clip=config.grad_clip,
-                    eval_every=max(1, steps // budget["evaluations"]),
+                    eval_every=max(1, steps // budget["evaluations"]), parametrization=config.parametrization,
                 )
                 cell = f"{workload}/{scale}/{optimizer}" + (f"@{steps}" if len(config.horizons) > 1 else "")
                 tuners.append(CellTuner(

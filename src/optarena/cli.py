@@ -45,7 +45,9 @@ def _print_rankings(store, study: str, settings: dict) -> None:
         rows = ranking_rows(cell)
         table = Table(title=f"{cell.workload}/{cell.scale}: {settings.get('trials')} trials x "
                             f"{settings.get('seeds')} seeds each, {cell.steps} steps")
-        columns = [c for c in (rows[0] if rows else {}) if c != "best hyperparameters"]
+        # the terminal gets the scores; the budget is in the title, the rest in report.md / report.html
+        hidden = ("best hyperparameters", "tuning budget", f"steps to {cell.baseline} loss")
+        columns = [c for c in (rows[0] if rows else {}) if c not in hidden]
         for col in columns:
             table.add_column(col, overflow="fold")
         for row in rows:
@@ -115,7 +117,7 @@ def arena(
         store, study, _ = run_arena(config, on_run=on_run, on_step=on_step)
     report = write_report(store, study, config.out, settings)
     _print_rankings(store, study, settings)
-    console.print(f"report: {report}  database: {config.storage_url()}  "
+    console.print(f"report: {report} (and report.html)  database: {config.storage_url()}  "
                   f"wall time: {time.perf_counter() - started:.0f} s")
 
 

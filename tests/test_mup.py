@@ -121,11 +121,13 @@ def test_base_width_equals_width_gives_all_ones():
 def test_adamw_groups_carry_scaled_lr_and_weight_decay():
     model = MLP(32)
     groups = mup_param_groups(model, MLP(8), "adamw", lr=1e-2, weight_decay=0.1)
-    by_name = {n: (g["lr"], g.get("weight_decay")) for g in groups for n in g["param_names"]}
-    assert by_name == pytest.approx({
+    by_name = {(n, key): g[key] for g in groups for n in g["param_names"] for key in ("lr", "weight_decay")}
+    expected = {
         "inp.weight": (1e-2, 0.1), "hid.weight": (2.5e-3, 0.2), "head.weight": (1e-2, 0.1),
         "inp.bias": (1e-2, 0.0), "hid.bias": (1e-2, 0.0), "head.bias": (1e-2, 0.0),  # no decay on vectors
-    })
+    }
+    assert by_name == pytest.approx({(n, key): v for n, (lr, wd) in expected.items()
+                                     for key, v in (("lr", lr), ("weight_decay", wd))})
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     opt = torch.optim.AdamW(groups)  # any torch optimizer takes them
     torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)  # a schedule scales every group: ratios kept

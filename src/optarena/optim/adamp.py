@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from optarena.optim._foreach import collect_grads, group_by_device_dtype
-from optarena.optim.lion import cache_blocks
+from optarena.optim._foreach import cache_blocks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["AdamP", "SGDP", "project_scale_invariant", "scale_invariant_view"]

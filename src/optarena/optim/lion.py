@@ -38,50 +38,13 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, group_by_device_dtype
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
 from optarena.optim.orthogonalize import orthogonalize_many
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
-__all__ = ["KAPPAS", "Lion", "cache_blocks"]
+__all__ = ["KAPPAS", "Lion"]
 
 KAPPAS = ("sign", "l2", "identity", "smooth_sign", "nuclear")
-CPU_BLOCK_NUMEL = 65536  # 256 KB per fp32 tensor: an elementwise step's working set stays in L2
-
-
-def cache_blocks(
-    tensor_lists: tuple[list[torch.Tensor], ...], block_numel: int = CPU_BLOCK_NUMEL
-) -> list[tuple[list[torch.Tensor], ...]]:
-    """Cut parallel lists of same-shaped CPU tensors into waves of flat views of about ``block_numel``.
-
-    A chain of foreach ops over whole lists streams every tensor through memory once per
-    op; run wave by wave, the chain works on data that stays in cache, which on CPU makes
-    an elementwise optimizer step up to a few times faster. Only valid for purely
-    elementwise chains (no per-tensor reductions). Non-CPU or non-contiguous inputs are
-    returned as one wave, unchanged (foreach kernels on accelerators need no blocking).
-    """
-    first = tensor_lists[0]
-    if not first or first[0].device.type != "cpu" or not all(t.is_contiguous() for ts in tensor_lists for t in ts):
-        return [tensor_lists]
-    waves: list[tuple[list[torch.Tensor], ...]] = []
-    current: tuple[list[torch.Tensor], ...] = tuple([] for _ in tensor_lists)
-    filled = 0
-    for tensors in zip(*tensor_lists):
-        flats = [t.view(-1) for t in tensors]
-        numel, start = flats[0].numel(), 0
-        while start < numel:
-            end = min(numel, start + block_numel - filled)
-            for wave_list, flat in zip(current, flats):
-                wave_list.append(flat[start:end])
-            filled += end - start
-            start = end
-            if filled >= block_numel:
-                waves.append(current)
-                current, filled = tuple([] for _ in tensor_lists), 0
-    if filled:
-        waves.append(current)
-    return waves
-
-
 class Lion(torch.optim.Optimizer):
     """Lion and Lion-κ (see module docstring). Defaults from the paper: lr=1e-4, betas=(0.9, 0.99).
 

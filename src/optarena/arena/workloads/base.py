@@ -8,12 +8,12 @@ exactly the data it would have seen, and nothing is ever downloaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import torch
 from torch import nn
 
-__all__ = ["Task", "Workload"]
+__all__ = ["TabulatedWorkload", "Task", "Workload"]
 
 Batch = Any
 
@@ -53,3 +53,28 @@ class Workload(Protocol):
     def target(self, scale: str) -> float | None:
         """The loss a tuned AdamW reaches at the default budget (for steps-to-target), if known."""
         ...
+
+
+class TabulatedWorkload:
+    """Base for workloads whose budgets (and targets, once measured) are per-scale tables.
+
+    Subclasses set ``name``, ``scales``, ``steps_by_scale`` and, where a tuned AdamW value has
+    been measured, ``targets_by_scale``; unknown scales fail with the valid ones.
+    """
+
+    name: str
+    scales: tuple[str, ...]
+    steps_by_scale: ClassVar[Mapping[str, int]]
+    targets_by_scale: ClassVar[Mapping[str, float]] = {}
+
+    def check_scale(self, scale: str) -> None:
+        if scale not in self.scales:
+            raise ValueError(f"unknown {self.name} scale {scale!r}; valid scales: {', '.join(self.scales)}")
+
+    def default_steps(self, scale: str) -> int:
+        self.check_scale(scale)
+        return self.steps_by_scale[scale]
+
+    def target(self, scale: str) -> float | None:
+        self.check_scale(scale)
+        return self.targets_by_scale.get(scale)

@@ -36,7 +36,7 @@ from torch import nn
 
 from optarena.arena.workloads._random import generator_for
 from optarena.arena.workloads._shuffle import epoch_batch_indices
-from optarena.arena.workloads.base import Task
+from optarena.arena.workloads.base import TabulatedWorkload, Task
 
 __all__ = ["DigitsConfig", "DigitsMLP", "DigitsWorkload", "SCALES", "load_split"]
 
@@ -105,16 +105,17 @@ class DigitsMLP(nn.Module):
         return self.head(x)
 
 
-class DigitsWorkload:
+class DigitsWorkload(TabulatedWorkload):
     """MLP classification of 8x8 digits; ``evaluate`` returns the validation cross-entropy."""
 
     name = "digits"
     scales = tuple(SCALES)
+    steps_by_scale = DEFAULT_STEPS
     metric = "validation cross-entropy (nats)"
 
     def config(self, scale: str = "small", **overrides: Any) -> DigitsConfig:
         """The :class:`DigitsConfig` of ``scale`` with ``overrides`` applied."""
-        self._check_scale(scale)
+        self.check_scale(scale)
         valid = {f.name for f in fields(DigitsConfig)}
         unknown = sorted(set(overrides) - valid)
         if unknown:
@@ -169,18 +170,6 @@ class DigitsWorkload:
         }
         return Task(model=model, train_batch=train_batch, loss=loss, evaluate=evaluate,
                     tokens_per_step=config.batch_size, sampled_loss=sampled_loss, info=info)
-
-    def default_steps(self, scale: str) -> int:
-        self._check_scale(scale)
-        return DEFAULT_STEPS[scale]
-
-    def target(self, scale: str) -> float | None:
-        self._check_scale(scale)
-        return None  # to be set from tuned AdamW runs
-
-    def _check_scale(self, scale: str) -> None:
-        if scale not in SCALES:
-            raise ValueError(f"unknown digits scale {scale!r}; valid scales: {', '.join(self.scales)}")
 
 
 from optarena.arena.workloads import register_workload  # noqa: E402

@@ -42,7 +42,7 @@ from torch import nn
 
 from optarena.arena.workloads._corpus import load_corpus
 from optarena.arena.workloads._random import generator_for
-from optarena.arena.workloads.base import Task
+from optarena.arena.workloads.base import TabulatedWorkload, Task
 
 __all__ = ["LMConfig", "LMWorkload", "ByteTransformer", "SCALES", "VOCAB_SIZE"]
 
@@ -246,17 +246,17 @@ def count_parameters(model: ByteTransformer) -> dict[str, int]:
     return {"params_total": total, "params_non_embedding": total - embedding}
 
 
-class LMWorkload:
+class LMWorkload(TabulatedWorkload):
     """Byte-level language modelling; ``evaluate`` returns validation cross-entropy in nats/byte."""
 
     name = "lm"
     scales = tuple(SCALES)
+    steps_by_scale = DEFAULT_STEPS
     metric = "validation cross-entropy (nats/byte)"
 
     def config(self, scale: str = "tiny", **overrides: Any) -> LMConfig:
         """The :class:`LMConfig` of ``scale`` with ``overrides`` applied (e.g. ``d_model=512``)."""
-        if scale not in SCALES:
-            raise ValueError(f"unknown lm scale {scale!r}; valid scales: {', '.join(self.scales)}")
+        self.check_scale(scale)
         valid = {f.name for f in fields(LMConfig)}
         unknown = sorted(set(overrides) - valid)
         if unknown:
@@ -340,16 +340,6 @@ class LMWorkload:
             sampled_loss=sampled_loss,
             info=info,
         )
-
-    def default_steps(self, scale: str) -> int:
-        if scale not in SCALES:
-            raise ValueError(f"unknown lm scale {scale!r}; valid scales: {', '.join(self.scales)}")
-        return DEFAULT_STEPS[scale]
-
-    def target(self, scale: str) -> float | None:
-        if scale not in SCALES:
-            raise ValueError(f"unknown lm scale {scale!r}; valid scales: {', '.join(self.scales)}")
-        return None  # to be set from tuned AdamW runs
 
 
 from optarena.arena.workloads import register_workload  # noqa: E402

@@ -40,7 +40,7 @@ from torch import nn
 
 from optarena.arena.workloads._random import generator_for
 from optarena.arena.workloads._shuffle import epoch_batch_indices
-from optarena.arena.workloads.base import Task
+from optarena.arena.workloads.base import TabulatedWorkload, Task
 from optarena.arena.workloads.quadratic import haar_rotation
 
 __all__ = ["LogRegProblem", "LogisticRegression", "LogRegWorkload", "PROBLEMS", "make_problem", "newton_logistic"]
@@ -144,15 +144,16 @@ class LogisticRegression(nn.Module):
         return self.head(x).squeeze(-1)
 
 
-class LogRegWorkload:
+class LogRegWorkload(TabulatedWorkload):
     """Binary logistic regression; ``evaluate`` returns the validation log-loss."""
 
     name = "logreg"
     scales = tuple(PROBLEMS)
+    steps_by_scale = DEFAULT_STEPS
     metric = "validation log-loss (nats)"
 
     def build(self, scale: str = "isotropic", seed: int = 0, **options: object) -> Task:
-        self._check_scale(scale)
+        self.check_scale(scale)
         if options:
             raise ValueError(f"the logreg workload takes no options, got {sorted(options)}")
         data = make_problem(scale)
@@ -208,18 +209,6 @@ class LogRegWorkload:
                                                              data["b_star"])
         return Task(model=model, train_batch=train_batch, loss=loss, evaluate=evaluate,
                     tokens_per_step=BATCH_SIZE, sampled_loss=sampled_loss, info=info)
-
-    def default_steps(self, scale: str) -> int:
-        self._check_scale(scale)
-        return DEFAULT_STEPS[scale]
-
-    def target(self, scale: str) -> float | None:
-        self._check_scale(scale)
-        return None  # to be set from tuned AdamW runs
-
-    def _check_scale(self, scale: str) -> None:
-        if scale not in self.scales:
-            raise ValueError(f"unknown logreg scale {scale!r}; valid scales: {', '.join(self.scales)}")
 
 
 from optarena.arena.workloads import register_workload  # noqa: E402

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from optarena.arena.workloads._random import generator_for
-from optarena.arena.workloads.base import Task
+from optarena.arena.workloads.base import TabulatedWorkload, Task
 from optarena.arena.workloads.quadratic import haar_rotation
 
 __all__ = ["FactorModel", "MatrixSensingWorkload", "SCALES", "SensingConfig", "make_problem"]
@@ -129,16 +129,17 @@ class FactorModel(nn.Module):
         return sensing @ self.matrix().flatten()
 
 
-class MatrixSensingWorkload:
+class MatrixSensingWorkload(TabulatedWorkload):
     """Low-rank matrix sensing with a full-rank factor; ``evaluate`` returns the relative recovery error."""
 
     name = "matrix_sensing"
     scales = tuple(SCALES)
+    steps_by_scale = DEFAULT_STEPS
     metric = "relative recovery error ‖UUᵀ − X*‖_F / ‖X*‖_F"
 
     def config(self, scale: str = "small", **overrides: Any) -> SensingConfig:
         """The :class:`SensingConfig` of ``scale`` with ``overrides`` applied."""
-        self._check_scale(scale)
+        self.check_scale(scale)
         valid = {f.name for f in fields(SensingConfig)}
         unknown = sorted(set(overrides) - valid)
         if unknown:
@@ -185,18 +186,6 @@ class MatrixSensingWorkload:
         }
         return Task(model=model, train_batch=train_batch, loss=loss, evaluate=evaluate,
                     tokens_per_step=config.n_measurements, sampled_loss=None, info=info)
-
-    def default_steps(self, scale: str) -> int:
-        self._check_scale(scale)
-        return DEFAULT_STEPS[scale]
-
-    def target(self, scale: str) -> float | None:
-        self._check_scale(scale)
-        return None  # to be set from tuned AdamW runs
-
-    def _check_scale(self, scale: str) -> None:
-        if scale not in SCALES:
-            raise ValueError(f"unknown matrix_sensing scale {scale!r}; valid scales: {', '.join(self.scales)}")
 
 
 from optarena.arena.workloads import register_workload  # noqa: E402

@@ -57,7 +57,7 @@ from torch import nn
 
 from optarena.arena.workloads._random import generator_for
 from optarena.arena.workloads._shuffle import epoch_batch_indices
-from optarena.arena.workloads.base import Task
+from optarena.arena.workloads.base import TabulatedWorkload, Task
 
 __all__ = ["ModularConfig", "ModularMLP", "ModularTransformer", "ModularWorkload", "SCALES", "make_split"]
 
@@ -173,16 +173,17 @@ class ModularTransformer(nn.Module):
         return self.head(last)
 
 
-class ModularWorkload:
+class ModularWorkload(TabulatedWorkload):
     """(a + b) mod p with a fixed train fraction; ``evaluate`` returns the validation cross-entropy."""
 
     name = "modular"
     scales = tuple(SCALES)
+    steps_by_scale = DEFAULT_STEPS
     metric = "validation cross-entropy (nats)"
 
     def config(self, scale: str = "mlp", **overrides: Any) -> ModularConfig:
         """The :class:`ModularConfig` of ``scale`` with ``overrides`` applied."""
-        self._check_scale(scale)
+        self.check_scale(scale)
         valid = {f.name for f in fields(ModularConfig)}
         unknown = sorted(set(overrides) - valid)
         if unknown:
@@ -237,18 +238,6 @@ class ModularWorkload:
         }
         return Task(model=model, train_batch=train_batch, loss=loss, evaluate=evaluate,
                     tokens_per_step=config.batch_size, sampled_loss=sampled_loss, info=info)
-
-    def default_steps(self, scale: str) -> int:
-        self._check_scale(scale)
-        return DEFAULT_STEPS[scale]
-
-    def target(self, scale: str) -> float | None:
-        self._check_scale(scale)
-        return None  # to be set from tuned AdamW runs
-
-    def _check_scale(self, scale: str) -> None:
-        if scale not in SCALES:
-            raise ValueError(f"unknown modular scale {scale!r}; valid scales: {', '.join(self.scales)}")
 
 
 from optarena.arena.workloads import register_workload  # noqa: E402

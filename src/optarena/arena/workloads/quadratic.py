@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from optarena.arena.workloads._random import generator_for
-from optarena.arena.workloads.base import Task
+from optarena.arena.workloads.base import TabulatedWorkload, Task
 
 __all__ = ["NoisyQuadratic", "QuadraticWorkload", "deep_hessian", "haar_rotation"]
 
@@ -79,15 +79,16 @@ class NoisyQuadratic(nn.Module):
         return 0.5 * ((diff @ self.hessian) * diff).sum(dim=-1)
 
 
-class QuadraticWorkload:
+class QuadraticWorkload(TabulatedWorkload):
     """DeepOBS ``quadratic_deep``; ``evaluate`` returns the expected (population) loss."""
 
     name = "quadratic"
     scales = ("default",)
+    steps_by_scale = {"default": DEFAULT_STEPS}
     metric = "expected loss ½θᵀQθ + ½σ²tr(Q) (closed form)"
 
     def build(self, scale: str = "default", seed: int = 0, **options: object) -> Task:
-        self._check_scale(scale)
+        self.check_scale(scale)
         if options:
             raise ValueError(f"the quadratic workload takes no options, got {sorted(options)}")
         hessian, eigenvalues = deep_hessian()
@@ -120,18 +121,6 @@ class QuadraticWorkload:
         }
         return Task(model=model, train_batch=train_batch, loss=loss, evaluate=evaluate,
                     tokens_per_step=BATCH_SIZE, sampled_loss=None, info=info)
-
-    def default_steps(self, scale: str) -> int:
-        self._check_scale(scale)
-        return DEFAULT_STEPS
-
-    def target(self, scale: str) -> float | None:
-        self._check_scale(scale)
-        return None  # to be set from tuned AdamW runs
-
-    def _check_scale(self, scale: str) -> None:
-        if scale not in self.scales:
-            raise ValueError(f"unknown quadratic scale {scale!r}; valid scales: {', '.join(self.scales)}")
 
 
 from optarena.arena.workloads import register_workload  # noqa: E402

@@ -173,3 +173,11 @@ def test_optimizers_with_hooks_train_in_the_loop(store, optimizer):
     assert result.final_eval_loss < result.curve[0].eval_loss - 0.3  # measured drops: 0.58 (sophia_g) to 2.4 nats
     if optimizer == "schedule_free_adamw":
         assert store.get_run(config.key()).config["effective_schedule"].startswith("constant")
+
+
+def test_no_clipping_records_the_same_norms_and_trajectory_as_a_clip_never_reached():
+    unclipped = train(_config(grad_clip=None, steps=20))
+    never_reached = train(_config(grad_clip=1e12, steps=20))
+    assert [(p.train_loss, p.grad_norm) for p in unclipped.curve] == [
+        (p.train_loss, p.grad_norm) for p in never_reached.curve]
+    assert unclipped.curve[1].grad_norm > 1.0

@@ -269,8 +269,11 @@ def train(
             if callable(observe_loss):
                 observe_loss(train_loss)
             lr = scheduler.get_last_lr()[0]
-            max_norm = config.grad_clip if config.grad_clip is not None else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
+            if config.grad_clip is None:  # measure only: clipping at inf would still rescale every gradient by 1
+                grad_norm = float(torch.nn.utils.get_total_norm(
+                    [p.grad for p in params if p.grad is not None], foreach=True))
+            else:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True))
             optimizer.step()
             if callable(getattr(optimizer, "hessian_step_due", None)) and optimizer.hessian_step_due():
                 optimizer.zero_grad(set_to_none=True)

@@ -9,6 +9,7 @@ split by :mod:`optarena.optim.partition`) or an iterable of parameters, and over
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -158,6 +159,13 @@ def decay_groups(partition: ParameterPartition, hparams: dict[str, Any]) -> list
     return [g for g in groups if g["params"]]
 
 
+def constructor_arguments(cls: type) -> set[str]:
+    """Keyword arguments of an optimizer class's ``__init__`` besides ``params``."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return {p.name for p in parameters if p.name not in ("self", "params")
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def create_optimizer(
     name: str,
     model_or_params: nn.Module | Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -172,10 +180,11 @@ def create_optimizer(
     its AdamW rule on embeddings, readout and vectors; no weight decay on vectors).
     With an iterable of tensors or param-group dicts they are passed through unchanged.
     ``param_roles`` overrides the split by name (see :func:`partition_parameters`).
-    ``hparams`` override the registered defaults; unknown keys fail with the valid ones.
+    ``hparams`` override the registered defaults or set any other argument of the
+    optimizer's constructor (e.g. ``foreach``, ``fused``); unknown keys fail with the valid ones.
     """
     spec = get_spec(name)
-    valid = set(spec.defaults) | set(spec.builder_defaults)
+    valid = set(spec.defaults) | set(spec.builder_defaults) | constructor_arguments(spec.cls)
     unknown = sorted(set(hparams) - valid)
     if unknown:
         raise ValueError(f"{name}: unknown hyperparameters {unknown}; valid: {sorted(valid)}")

@@ -418,6 +418,36 @@ def test_foreach_matches_the_per_tensor_loop(name: str) -> None:
         torch.testing.assert_close(runs[0][n], runs[1][n], rtol=1e-5, atol=1e-6, msg=f"{name}: {n}")
 
 
+# --- fused equals foreach --------------------------------------------------------------------------
+
+
+def _has_fused(name: str) -> bool:
+    return "fused" in inspect.signature(get_spec(name).cls.__init__).parameters
+
+
+@pytest.mark.parametrize("name", [p for p in each_optimizer("fused") if _has_fused(p.values[0])])
+def test_fused_matches_foreach(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fused=True`` (one compiled kernel per tensor) follows the foreach trajectory to rounding.
+
+    The size threshold is lowered so that every tensor of the tiny model takes the kernel;
+    the learning rate changes every step, as under a schedule.
+    """
+    import optarena.optim._fused as fused_module
+
+    monkeypatch.setattr(fused_module, "FUSED_MIN_NUMEL", 0)
+    runs = []
+    for fused in (False, True):
+        problem = mlp_problem()
+        # torch's own optimizers refuse fused together with the registry's foreach=True
+        torch_class = get_spec(name).cls.__module__.startswith("torch.")
+        opt = build(name, problem.model, fused=fused, **({"foreach": False} if fused and torch_class else {}))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
+        train_steps(opt, problem, 6, scheduler=scheduler)
+        runs.append(snapshot(problem.model))
+    for n in runs[0]:
+        torch.testing.assert_close(runs[0][n], runs[1][n], rtol=1e-5, atol=1e-6, msg=f"{name}: {n}")
+
+
 # --- hooks -----------------------------------------------------------------------------------------
 
 

@@ -25,6 +25,11 @@ SGDP:   buf <- momentum buf + (1 - dampening) g;  u = g + momentum buf (Nesterov
 Bias corrections use the group's step count; the reference counts per parameter, which
 agrees unless a parameter skips steps. State: AdamP 2 tensors (8 bytes/param in fp32),
 SGDP 1 tensor (4 bytes/param).
+
+With ``fused=True`` each large tensor takes two compiled passes (:mod:`optarena.optim._fused`):
+one reads θ and g for the row reductions of the test, one reads and writes everything else
+once. The test has to see all rows before any element can be updated, so the extra read of
+θ and g is the least this method's traffic can be.
 """
 
 from __future__ import annotations
@@ -33,37 +38,56 @@ import math
 from typing import Any, Callable, Iterable
 
 import torch
-from optarena.optim._foreach import collect_grads, group_by_device_dtype
-from optarena.optim._foreach import cache_blocks
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._fused import FUSED_MIN_NUMEL, FusedKernel, fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["AdamP", "SGDP", "project_scale_invariant", "scale_invariant_view"]
 
 
+def _invariance_cosines(g2: torch.Tensor, p2: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """[largest per-row |cos(g, θ)|, whole-layer |cos(g, θ)|] of ``(rows, cols)`` views.
+
+    One set of per-row reductions, accumulated in float32 or wider; the layer's cosine
+    comes from their sums. Same arithmetic as ``F.cosine_similarity``: ``<g, θ> /
+    (max(‖g‖, eps) max(‖θ‖, eps))``.
+    """
+    if g2.dtype != torch.float64:
+        g2, p2 = g2.float(), p2.float()
+    dots, g_sq, p_sq = (g2 * p2).sum(dim=1), (g2 * g2).sum(dim=1), (p2 * p2).sum(dim=1)
+    channel = dots.abs() / (g_sq.sqrt().clamp_min(eps) * p_sq.sqrt().clamp_min(eps))
+    layer = dots.sum().abs() / (g_sq.sum().sqrt().clamp_min(eps) * p_sq.sum().sqrt().clamp_min(eps))
+    return torch.stack([channel.max(), layer])
+
+
+_invariance_cosines_fused = fused_kernel(_invariance_cosines)
+
+
 def scale_invariant_view(
-    param: torch.Tensor, grad: torch.Tensor, delta: float, eps: float
+    param: torch.Tensor, grad: torch.Tensor, delta: float, eps: float, fused: bool = False
 ) -> tuple[int, int] | None:
     """The view (``(rows, -1)`` per channel, else ``(1, -1)`` for the layer) on which ``param`` looks
     scale-invariant, or None. Tensors with fewer than two dimensions never are.
 
-    The cosines come from one set of per-row reductions (row dot products and norms); the
-    layer's are their sums. Same arithmetic as ``F.cosine_similarity``: ``<g, θ> /
-    (max(‖g‖, eps) max(‖θ‖, eps))``.
+    ``fused`` computes the cosines (:func:`_invariance_cosines`) in one compiled pass over
+    large contiguous tensors.
     """
     if param.ndim < 2:
         return None
     rows = param.shape[0]
     g2, p2 = grad.reshape(rows, -1), param.reshape(rows, -1)
-    acc = torch.promote_types(param.dtype, torch.float32)
-    dots = torch.linalg.vecdot(g2, p2, dim=1) if acc == param.dtype else torch.linalg.vecdot(
-        g2.to(acc), p2.to(acc), dim=1)
-    g_sq = torch.linalg.vector_norm(g2, dim=1, dtype=acc).square()
-    p_sq = torch.linalg.vector_norm(p2, dim=1, dtype=acc).square()
-    channel = dots.abs() / (g_sq.sqrt().clamp_min(eps) * p_sq.sqrt().clamp_min(eps))
-    if channel.max() < delta / math.sqrt(p2.shape[1]):
+    ran, cosines = False, None
+    if fused and param.numel() >= FUSED_MIN_NUMEL and g2.is_contiguous() and p2.is_contiguous():
+        ran, cosines = _invariance_cosines_fused.call(g2, p2, eps=float(eps))
+    return _view_from_cosines(cosines if ran else _invariance_cosines(g2, p2, eps), param.shape, delta)
+
+
+def _view_from_cosines(cosines: torch.Tensor, shape: torch.Size, delta: float) -> tuple[int, int] | None:
+    channel, layer = cosines.tolist()
+    rows, numel = shape[0], math.prod(shape)
+    if channel < delta / math.sqrt(numel // rows):
         return (rows, -1)
-    layer = dots.sum().abs() / (g_sq.sum().sqrt().clamp_min(eps) * p_sq.sum().sqrt().clamp_min(eps))
-    if layer < delta / math.sqrt(param.numel()):
+    if layer < delta / math.sqrt(numel):
         return (1, -1)
     return None
 
@@ -91,6 +115,43 @@ def project_scale_invariant(
     return _remove_radial(param, update, view, eps), wd_ratio
 
 
+def _test_then_step(
+    group: dict[str, Any], tensors: tuple[list[torch.Tensor], ...], block_step: Callable[..., None],
+    kernel: FusedKernel | None, hyper: dict[str, Any],
+) -> None:
+    """The step shared by AdamP and SGDP on parallel lists ``(params, grads, *state)``.
+
+    The scale-invariance test reads the raw gradient and the current weight, so it comes
+    before each update. Tensors that are not projected (most of them) then take a purely
+    elementwise path: foreach and cache-blocked, or with ``kernel`` (``fused=True``) one
+    compiled pass per large tensor, run right after that tensor's test so that the second
+    read of θ and g comes from the cache rather than memory. Projected tensors take
+    ``block_step`` with their view.
+    """
+    params, grads = tensors[0], tensors[1]
+    delta, eps = group["delta"], group["eps"]
+    remaining = []
+    for i, group_of_tensors in enumerate(zip(*tensors)):
+        if kernel is None or params[i].numel() < FUSED_MIN_NUMEL or kernel.disabled or not all(
+                t.is_contiguous() for t in group_of_tensors):
+            remaining.append(i)
+            continue
+        view = scale_invariant_view(params[i], grads[i], delta, eps, fused=True)
+        if view is not None:
+            block_step(*([t] for t in group_of_tensors), group=group, wd_ratio=group["wd_ratio"], view=view)
+        elif not kernel.call(*(t.view(-1) for t in group_of_tensors), **hyper)[0]:
+            remaining.append(i)  # compilation failed: the foreach path below takes this tensor
+    views = {i: scale_invariant_view(params[i], grads[i], delta, eps) for i in remaining}
+    plain = [i for i in remaining if views[i] is None]
+    for chunk in group_by_device_dtype(*([t[i] for i in plain] for t in tensors)):
+        blocks = cache_blocks(chunk) if group["foreach"] else [tuple([t] for t in ts) for ts in zip(*chunk)]
+        for block in blocks:
+            block_step(*block, group=group, wd_ratio=1.0, view=None)
+    for i, view in views.items():
+        if view is not None:
+            block_step(*([t[i]] for t in tensors), group=group, wd_ratio=group["wd_ratio"], view=view)
+
+
 def _check_common(name: str, lr: float, weight_decay: float, delta: float, wd_ratio: float, eps: float) -> None:
     if not (isinstance(lr, (int, float)) and lr >= 0.0):
         raise ValueError(f"{name} lr must be a float >= 0, got lr={lr!r}")
@@ -115,6 +176,8 @@ class AdamP(torch.optim.Optimizer):
         wd_ratio: weight-decay multiplier for projected tensors, in [0, 1] (default 0.1).
         nesterov: use the Nesterov form of the first moment (default False).
         foreach: multi-tensor moments (default True); the projection is per tensor either way.
+        fused: compiled passes per large tensor (default False; needs ``torch.compile``,
+            compiles at the first step).
     """
 
     def __init__(
@@ -128,12 +191,13 @@ class AdamP(torch.optim.Optimizer):
         wd_ratio: float = 0.1,
         nesterov: bool = False,
         foreach: bool = True,
+        fused: bool = False,
     ) -> None:
         _check_common("AdamP", lr, weight_decay, delta, wd_ratio, eps)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"AdamP betas must be in [0, 1), got betas={betas!r}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
-                        wd_ratio=wd_ratio, nesterov=nesterov, foreach=foreach)
+                        wd_ratio=wd_ratio, nesterov=nesterov, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -152,21 +216,14 @@ class AdamP(torch.optim.Optimizer):
                 if "exp_avg" not in state:
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-            # the test uses the raw gradient and the current weight, so it comes first; tensors that
-            # are not projected (most of them) then take a purely elementwise, cache-blocked path
-            views = [scale_invariant_view(p, g, group["delta"], group["eps"]) for p, g in zip(params, grads)]
-            plain = [i for i, v in enumerate(views) if v is None]
-            lists = tuple([[t[i] for i in plain] for t in (params, grads)]) + tuple(
-                [self.state[params[i]][key] for i in plain] for key in ("exp_avg", "exp_avg_sq"))
-            for chunk in group_by_device_dtype(*lists):
-                blocks = cache_blocks(chunk) if group["foreach"] else [tuple([t] for t in ts) for ts in zip(*chunk)]
-                for block in blocks:
-                    _adamp_block(*block, group=group, wd_ratio=1.0, view=None)
-            for i, view in enumerate(views):
-                if view is not None:
-                    state = self.state[params[i]]
-                    _adamp_block([params[i]], [grads[i]], [state["exp_avg"]], [state["exp_avg_sq"]], group=group,
-                                 wd_ratio=group["wd_ratio"], view=view)
+            fused = bool(group.get("fused"))
+            beta1, beta2 = group["betas"]
+            hyper = dict(beta1=float(beta1), beta2=float(beta2), bc2_sqrt=math.sqrt(1 - beta2 ** group["step"]),
+                         eps=float(group["eps"]), step_size=float(group["lr"]) / (1 - beta1 ** group["step"]),
+                         decay=float(group["lr"] * group["weight_decay"]), nesterov=bool(group["nesterov"]))
+            states = [self.state[p] for p in params]
+            tensors = (params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states])
+            _test_then_step(group, tensors, _adamp_block, _adamp_fused if fused else None, hyper)
         return loss
 
 
@@ -192,6 +249,17 @@ def _adamp_block(
     torch._foreach_add_(params, updates, alpha=-lr / (1 - beta1**step))
 
 
+@fused_kernel
+def _adamp_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *, beta1: torch.Tensor,
+                 beta2: torch.Tensor, bc2_sqrt: torch.Tensor, eps: torch.Tensor, step_size: torch.Tensor,
+                 decay: torch.Tensor, nesterov: bool) -> None:
+    """The unprojected AdamP step (wd_ratio 1) of ``_adamp_block`` in one pass."""
+    m.mul_(beta1).add_(g * (1 - beta1))
+    v.mul_(beta2).add_(g * g * (1 - beta2))
+    first = m * beta1 + g * (1 - beta1) if nesterov else m
+    p.mul_(1 - decay).sub_(first / (v.sqrt() / bc2_sqrt + eps) * step_size)
+
+
 class SGDP(torch.optim.Optimizer):
     """SGDP (see module docstring).
 
@@ -203,6 +271,8 @@ class SGDP(torch.optim.Optimizer):
         delta, wd_ratio, eps: the scale-invariance test (defaults 0.1, 0.1, 1e-8).
         nesterov: Nesterov momentum (default False).
         foreach: multi-tensor momentum update (default True).
+        fused: compiled passes per large tensor (default False; needs ``torch.compile``,
+            compiles at the first step).
     """
 
     def __init__(
@@ -217,6 +287,7 @@ class SGDP(torch.optim.Optimizer):
         delta: float = 0.1,
         wd_ratio: float = 0.1,
         foreach: bool = True,
+        fused: bool = False,
     ) -> None:
         _check_common("SGDP", lr, weight_decay, delta, wd_ratio, eps)
         if not 0.0 <= momentum < 1.0:
@@ -224,7 +295,8 @@ class SGDP(torch.optim.Optimizer):
         if not 0.0 <= dampening < 1.0:
             raise ValueError(f"SGDP dampening must be in [0, 1), got dampening={dampening}")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, eps=eps, delta=delta, wd_ratio=wd_ratio, foreach=foreach)
+                        nesterov=nesterov, eps=eps, delta=delta, wd_ratio=wd_ratio, foreach=foreach,
+                        fused=fused)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -241,16 +313,11 @@ class SGDP(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 bufs.append(state["momentum_buffer"])
-            views = [scale_invariant_view(p, g, group["delta"], group["eps"]) for p, g in zip(params, grads)]
-            plain = [i for i, v in enumerate(views) if v is None]
-            lists = tuple([[t[i] for i in plain] for t in (params, grads, bufs)])
-            for chunk in group_by_device_dtype(*lists):
-                blocks = cache_blocks(chunk) if group["foreach"] else [tuple([t] for t in ts) for ts in zip(*chunk)]
-                for block in blocks:
-                    _sgdp_block(*block, group=group, wd_ratio=1.0, view=None)
-            for i, view in enumerate(views):
-                if view is not None:
-                    _sgdp_block([params[i]], [grads[i]], [bufs[i]], group=group, wd_ratio=group["wd_ratio"], view=view)
+            fused = bool(group.get("fused"))
+            mu, lr = group["momentum"], group["lr"]
+            hyper = dict(mu=float(mu), damp=float(1 - group["dampening"]), lr=float(lr),
+                         decay=float(lr * group["weight_decay"] / (1 - mu)), nesterov=bool(group["nesterov"]))
+            _test_then_step(group, (params, grads, bufs), _sgdp_block, _sgdp_fused if fused else None, hyper)
         return loss
 
 
@@ -268,6 +335,15 @@ def _sgdp_block(
     if wd != 0:
         torch._foreach_mul_(params, 1 - lr * wd * wd_ratio / (1 - mu))
     torch._foreach_add_(params, updates, alpha=-lr)
+
+
+@fused_kernel
+def _sgdp_fused(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, *, mu: torch.Tensor, damp: torch.Tensor,
+                lr: torch.Tensor, decay: torch.Tensor, nesterov: bool) -> None:
+    """The unprojected SGDP step (wd_ratio 1) of ``_sgdp_block`` in one pass."""
+    buf.mul_(mu).add_(g * damp)
+    update = g + buf * mu if nesterov else buf
+    p.mul_(1 - decay).sub_(update * lr)
 
 
 register(

@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, group_by_device_dtype
-from optarena.optim._foreach import cache_blocks
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["Adan"]
@@ -53,6 +53,8 @@ class Adan(torch.optim.Optimizer):
         no_prox: ``False`` (default) decays proximally, ``True`` decoupled like AdamW.
         max_grad_norm: global gradient-norm clipping inside the optimizer; 0 disables (default).
         foreach: use multi-tensor kernels (default True); ``False`` loops over tensors.
+        fused: one compiled pass per large tensor (default False; needs ``torch.compile``,
+            compiles at the first step; see :mod:`optarena.optim._fused`).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class Adan(torch.optim.Optimizer):
         no_prox: bool = False,
         max_grad_norm: float = 0.0,
         foreach: bool = True,
+        fused: bool = False,
     ) -> None:
         if not (isinstance(lr, (int, float)) and lr >= 0.0):
             raise ValueError(f"Adan lr must be a float >= 0, got lr={lr!r}")
@@ -77,7 +80,7 @@ class Adan(torch.optim.Optimizer):
         if not max_grad_norm >= 0.0:
             raise ValueError(f"Adan max_grad_norm must be >= 0 (0 disables), got max_grad_norm={max_grad_norm}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, no_prox=no_prox,
-                        max_grad_norm=max_grad_norm, foreach=foreach)
+                        max_grad_norm=max_grad_norm, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -122,6 +125,15 @@ class Adan(torch.optim.Optimizer):
                 prev_grads.append(state["prev_grad"])
             step_fn = _adan_foreach if group["foreach"] else _adan_single_tensor
             for chunk in group_by_device_dtype(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads):
+                if group.get("fused"):
+                    size_m, size_v, eps_scaled = _step_sizes(group["step"], group["lr"], group["betas"], group["eps"])
+                    b1, b2, b3 = (float(b) for b in group["betas"])
+                    chunk = _adan_fused.apply(chunk, b1=b1, b2=b2, b3=b3, size_m=float(size_m), size_v=float(size_v),
+                                              eps_scaled=float(eps_scaled),
+                                              decay=float(group["lr"] * group["weight_decay"]),
+                                              no_prox=bool(group["no_prox"]))
+                    if not chunk[0]:
+                        continue
                 for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
                     step_fn(*wave, step=group["step"], lr=group["lr"], betas=group["betas"], eps=group["eps"],
                             weight_decay=group["weight_decay"], no_prox=group["no_prox"])
@@ -180,6 +192,23 @@ def _adan_foreach(
     if weight_decay != 0 and not no_prox:
         torch._foreach_div_(params, 1 + lr * weight_decay)
     torch._foreach_copy_(prev_grads, grads)
+
+
+@fused_kernel
+def _adan_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, n: torch.Tensor,
+                prev: torch.Tensor, *, b1: torch.Tensor, b2: torch.Tensor, b3: torch.Tensor, size_m: torch.Tensor,
+                size_v: torch.Tensor, eps_scaled: torch.Tensor, decay: torch.Tensor, no_prox: bool) -> None:
+    diff = g - prev
+    z = g + diff * b2
+    m.mul_(b1).add_(g * (1 - b1))
+    v.mul_(b2).add_(diff * (1 - b2))
+    n.mul_(b3).add_(z * z * (1 - b3))
+    if no_prox:
+        p.mul_(1 - decay)
+    p.sub_((m * size_m + v * size_v) / (n.sqrt() + eps_scaled))
+    if not no_prox:
+        p.div_(1 + decay)
+    prev.copy_(g)
 
 
 register(

@@ -39,8 +39,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, group_by_device_dtype
-from optarena.optim._foreach import cache_blocks
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["CLASSP"]
@@ -58,6 +58,8 @@ class CLASSP(torch.optim.Optimizer):
         apply_scaling: divide by the accumulated root (default True); False is thresholded SGD.
         include_current: include the current gradient in the accumulator (default False, the paper).
         foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
+        fused: one compiled pass per large tensor (default False; needs ``torch.compile``,
+            compiles at the first step; see :mod:`optarena.optim._fused`).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class CLASSP(torch.optim.Optimizer):
         apply_scaling: bool = True,
         include_current: bool = False,
         foreach: bool = True,
+        fused: bool = False,
     ) -> None:
         if not (isinstance(lr, (int, float)) and lr >= 0.0):
             raise ValueError(f"CLASSP lr must be a float >= 0, got lr={lr!r}")
@@ -80,7 +83,7 @@ class CLASSP(torch.optim.Optimizer):
         if not power > 0.0:
             raise ValueError(f"CLASSP power must be > 0, got power={power}")
         defaults = dict(lr=lr, threshold=threshold, eps=eps, power=power, apply_scaling=apply_scaling,
-                        include_current=include_current, foreach=foreach)
+                        include_current=include_current, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -99,6 +102,15 @@ class CLASSP(torch.optim.Optimizer):
                 sums.append(state["grad_power_sum"])
             step_fn = _classp_foreach if group["foreach"] else _classp_single_tensor
             for chunk in group_by_device_dtype(params, grads, sums):
+                if group.get("fused"):
+                    power = float(group["power"])
+                    chunk = _classp_fused.apply(
+                        chunk, lr=float(group["lr"]), threshold=float(group["threshold"]), eps=float(group["eps"]),
+                        power=power, power_kind=int(power) if power in (1.0, 2.0) else 0,
+                        apply_scaling=bool(group["apply_scaling"]), include_current=bool(group["include_current"]),
+                        thresholded=group["threshold"] > 0)
+                    if not chunk[0]:
+                        continue
                 for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
                     step_fn(*wave, lr=group["lr"], threshold=group["threshold"], eps=group["eps"],
                             power=group["power"], apply_scaling=group["apply_scaling"],
@@ -156,6 +168,25 @@ def _classp_foreach(
     torch._foreach_add_(params, updates, alpha=-lr)
     if not include_current:
         accumulate()
+
+
+@fused_kernel
+def _classp_fused(p: torch.Tensor, g: torch.Tensor, acc: torch.Tensor, *, lr: torch.Tensor, threshold: torch.Tensor,
+                  eps: torch.Tensor, power: torch.Tensor, power_kind: int, apply_scaling: bool,
+                  include_current: bool, thresholded: bool) -> None:
+    """One CLASSP step; ``power_kind`` 1 or 2 spells out those powers, 0 uses ``power``."""
+    powered = g.abs() if power_kind == 1 else g * g if power_kind == 2 else g.abs().pow(power)
+    total = acc + powered if include_current else acc
+    if apply_scaling:
+        root = total + eps if power_kind == 1 else (total + eps).sqrt() if power_kind == 2 else (
+            (total + eps).pow(1 / power))
+        update = g / root
+    else:
+        update = g
+    if thresholded:
+        update = torch.where(g * g > threshold, update, 0.0)
+    p.sub_(update * lr)
+    acc.add_(powered)
 
 
 register(

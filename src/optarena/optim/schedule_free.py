@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, group_by_device_dtype
-from optarena.optim._foreach import cache_blocks
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["ScheduleFreeAdamW"]
@@ -53,6 +53,8 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         r: polynomial weighting of the average (default 0).
         weight_lr_power: weight of ``lr_max`` in the average (default 2).
         foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
+        fused: one compiled pass per large tensor (default False; needs ``torch.compile``,
+            compiles at the first step; see :mod:`optarena.optim._fused`).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         r: float = 0.0,
         weight_lr_power: float = 2.0,
         foreach: bool = True,
+        fused: bool = False,
     ) -> None:
         if not (isinstance(lr, (int, float)) and lr >= 0.0):
             raise ValueError(f"ScheduleFreeAdamW lr must be a float >= 0, got lr={lr!r}")
@@ -82,7 +85,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         if not weight_lr_power >= 0.0:
             raise ValueError(f"ScheduleFreeAdamW weight_lr_power must be >= 0, got weight_lr_power={weight_lr_power}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                        r=r, weight_lr_power=weight_lr_power, foreach=foreach,
+                        r=r, weight_lr_power=weight_lr_power, foreach=foreach, fused=fused,
                         train_mode=True, step=0, weight_sum=0.0, lr_max=0.0)
         super().__init__(params, defaults)
 
@@ -136,11 +139,16 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
                 zs.append(state["z"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
             step_fn = _sf_adamw_foreach if group["foreach"] else _sf_adamw_single_tensor
+            scalars = dict(lr=float(lr), ckp=float(ckp), beta1=float(group["betas"][0]),
+                           beta2=float(group["betas"][1]), bc2_sqrt=math.sqrt(1 - group["betas"][1] ** (k + 1)),
+                           eps=float(group["eps"]), weight_decay=float(group["weight_decay"]))
             for chunk in group_by_device_dtype(params, grads, zs, exp_avg_sqs):
+                if group.get("fused"):
+                    chunk = _sf_adamw_fused.apply(chunk, **scalars)
+                    if not chunk[0]:
+                        continue
                 for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
-                    step_fn(*wave, lr=lr, ckp=ckp, beta1=group["betas"][0], beta2=group["betas"][1],
-                            bc2_sqrt=math.sqrt(1 - group["betas"][1] ** (k + 1)), eps=group["eps"],
-                            weight_decay=group["weight_decay"])
+                    step_fn(*wave, **scalars)
         return loss
 
 
@@ -173,6 +181,16 @@ def _sf_adamw_foreach(
     torch._foreach_lerp_(params, zs, ckp)
     torch._foreach_add_(params, normalized, alpha=lr * (beta1 * (1 - ckp) - 1))
     torch._foreach_sub_(zs, normalized, alpha=lr)
+
+
+@fused_kernel
+def _sf_adamw_fused(y: torch.Tensor, g: torch.Tensor, z: torch.Tensor, v: torch.Tensor, *, lr: torch.Tensor,
+                    ckp: torch.Tensor, beta1: torch.Tensor, beta2: torch.Tensor, bc2_sqrt: torch.Tensor,
+                    eps: torch.Tensor, weight_decay: torch.Tensor) -> None:
+    v.mul_(beta2).add_(g * g * (1 - beta2))
+    normalized = g / (v.sqrt() / bc2_sqrt + eps) + y * weight_decay
+    y.add_((z - y) * ckp).add_(normalized * (lr * (beta1 * (1 - ckp) - 1)))
+    z.sub_(normalized * lr)
 
 
 register(

@@ -54,8 +54,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, group_by_device_dtype
-from optarena.optim._foreach import cache_blocks
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["SophiaG", "SophiaH"]
@@ -78,6 +78,7 @@ class _Sophia(torch.optim.Optimizer):
         eps: float,
         hessian_interval: int,
         foreach: bool,
+        fused: bool,
     ) -> None:
         name = self._name
         if not (isinstance(lr, (int, float)) and lr >= 0.0):
@@ -93,7 +94,8 @@ class _Sophia(torch.optim.Optimizer):
         if not (isinstance(hessian_interval, int) and hessian_interval >= 1):
             raise ValueError(f"{name} hessian_interval must be an int >= 1, got hessian_interval={hessian_interval!r}")
         defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps,
-                        hessian_interval=hessian_interval, foreach=foreach)
+                        hessian_interval=hessian_interval, foreach=foreach,
+                        fused=fused)
         super().__init__(params, defaults)
 
     # --- the hook pair -------------------------------------------------------------------
@@ -148,6 +150,12 @@ class _Sophia(torch.optim.Optimizer):
                 hessians.append(self.state[p]["hessian"])
             step_fn = _sophia_foreach if group["foreach"] else _sophia_single_tensor
             for chunk in group_by_device_dtype(params, grads, exp_avgs, hessians):
+                if group.get("fused"):
+                    chunk = _sophia_fused.apply(chunk, lr=float(group["lr"]), beta1=float(group["betas"][0]),
+                                                rho=float(group["rho"]), weight_decay=float(group["weight_decay"]),
+                                                eps=float(group["eps"]))
+                    if not chunk[0]:
+                        continue
                 for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
                     step_fn(*wave, lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
                             weight_decay=group["weight_decay"], eps=group["eps"])
@@ -185,6 +193,15 @@ def _sophia_foreach(
     torch._foreach_add_(params, ratio, alpha=-lr / rho)
 
 
+@fused_kernel
+def _sophia_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, h: torch.Tensor, *, lr: torch.Tensor,
+                  beta1: torch.Tensor, rho: torch.Tensor, weight_decay: torch.Tensor, eps: torch.Tensor) -> None:
+    p.mul_(1 - lr * weight_decay)
+    m.mul_(beta1).add_(g * (1 - beta1))
+    ratio = torch.clamp(m / torch.clamp(h, min=eps / rho), min=-rho, max=rho)
+    p.sub_(ratio * (lr / rho))
+
+
 class SophiaG(_Sophia):
     """SophiaG: Gauss–Newton–Bartlett Hessian estimate from sampled labels (see module docstring).
 
@@ -198,6 +215,8 @@ class SophiaG(_Sophia):
         hessian_interval: steps between Hessian estimates (default 10).
         batch_size: default ``B`` of ``update_hessian`` (label samples in the estimation loss).
         foreach: multi-tensor update (default True).
+        fused: one compiled pass per large tensor (default False; needs ``torch.compile``,
+            compiles at the first step; see :mod:`optarena.optim._fused`).
     """
 
     _name = "SophiaG"
@@ -213,12 +232,13 @@ class SophiaG(_Sophia):
         hessian_interval: int = 10,
         batch_size: int | None = None,
         foreach: bool = True,
+        fused: bool = False,
     ) -> None:
         if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"SophiaG batch_size must be an int >= 1 or None, got batch_size={batch_size!r}")
         self.batch_size = batch_size
         self._warned: set[str] = set()
-        super().__init__(params, lr, betas, rho, weight_decay, eps, hessian_interval, foreach)
+        super().__init__(params, lr, betas, rho, weight_decay, eps, hessian_interval, foreach, fused)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -247,7 +267,7 @@ class SophiaH(_Sophia):
     """SophiaH: Hutchinson estimate u ⊙ (H u) by double backward (see module docstring).
 
     Args:
-        params, lr, betas, weight_decay, eps, hessian_interval, foreach: as :class:`SophiaG`.
+        params, lr, betas, weight_decay, eps, hessian_interval, foreach, fused: as :class:`SophiaG`.
         rho: the clipping scale γ (> 0, default 0.01, Levanter's γ_H).
         distribution: ``"gaussian"`` (default) or ``"rademacher"`` probe vectors.
         hessian_clip: clip each estimate to [-c, c] before the EMA; ``None`` (default) does not.
@@ -268,6 +288,7 @@ class SophiaH(_Sophia):
         distribution: str = "gaussian",
         hessian_clip: float | None = None,
         foreach: bool = True,
+        fused: bool = False,
     ) -> None:
         if distribution not in self.DISTRIBUTIONS:
             raise ValueError(f"SophiaH distribution must be one of {self.DISTRIBUTIONS}, got distribution={distribution!r}")
@@ -275,7 +296,7 @@ class SophiaH(_Sophia):
             raise ValueError(f"SophiaH hessian_clip must be > 0 or None, got hessian_clip={hessian_clip!r}")
         self.distribution = distribution
         self.hessian_clip = hessian_clip
-        super().__init__(params, lr, betas, rho, weight_decay, eps, hessian_interval, foreach)
+        super().__init__(params, lr, betas, rho, weight_decay, eps, hessian_interval, foreach, fused)
 
     def _estimate(self, params, loss_closure, sampled_loss_closure, batch_size):  # type: ignore[override]
         loss = loss_closure()

@@ -1,0 +1,107 @@
+"""The compiled update kernels behind ``fused=True`` (``optarena.optim._fused``).
+
+That fused steps follow the foreach trajectory is checked for every optimizer in
+``test_battery.py::test_fused_matches_foreach``; this file covers the machinery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import optarena.optim._fused as fused_module
+from optarena.optim import create_optimizer
+from optarena.optim._fused import FusedKernel
+from optarena.optim.lion import Lion
+
+
+def _problem(numel: int, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Parameter, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(numel // 64, 64, generator=gen).to(dtype))
+    grad = torch.randn(param.shape, generator=gen).to(dtype)
+    return param, grad
+
+
+def _run(opt: torch.optim.Optimizer, param: torch.nn.Parameter, grad: torch.Tensor, steps: int) -> None:
+    for t in range(steps):
+        param.grad = grad * (1 + t)
+        opt.step()
+        for group in opt.param_groups:  # a schedule: a new learning rate every step
+            group["lr"] *= 0.7
+
+
+def test_a_changing_learning_rate_does_not_recompile() -> None:
+    param, grad = _problem(fused_module.FUSED_MIN_NUMEL)
+    opt = Lion([param], lr=1e-3, weight_decay=0.1, fused=True)
+    _run(opt, param, grad, 1)
+    graphs = counters["stats"]["unique_graphs"]
+    _run(opt, param, grad, 4)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_fused_keeps_the_dtype_and_agrees_with_foreach(dtype: torch.dtype) -> None:
+    results = []
+    for fused in (False, True):
+        param, grad = _problem(fused_module.FUSED_MIN_NUMEL, dtype)
+        _run(create_optimizer("adan", [param], fused=fused), param, grad, 3)
+        assert param.dtype == dtype
+        results.append(param.detach().clone())
+    # bf16: the kernel computes in float32 and rounds once, the foreach chain rounds after every op
+    tol = dict(rtol=0, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(results[0], results[1], **tol)
+
+
+def test_small_and_strided_tensors_are_handed_back_untouched() -> None:
+    calls = []
+    kernel = FusedKernel(lambda p, g: calls.append(p.shape) or p.add_(g))
+    big = torch.zeros(fused_module.FUSED_MIN_NUMEL)
+    small = torch.zeros(8)
+    strided = torch.zeros(fused_module.FUSED_MIN_NUMEL, 2)[:, 0]
+    kernel._compiled = kernel.fn  # run eagerly: this test is about the routing, not the compiler
+    rest = kernel.apply(([big, small, strided], [torch.ones_like(big), torch.ones_like(small),
+                                                 torch.ones_like(strided)]))
+    assert calls == [big.shape]
+    assert torch.equal(big, torch.ones_like(big))
+    assert rest[0] == [small, strided] and not small.any() and not strided.any()
+
+
+def test_a_failing_compiler_warns_once_and_the_foreach_path_takes_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no C++ compiler")
+
+    kernel = FusedKernel(lambda p: p)
+    monkeypatch.setattr(kernel, "compiled", lambda: broken)
+    tensors = ([torch.zeros(fused_module.FUSED_MIN_NUMEL), torch.zeros(fused_module.FUSED_MIN_NUMEL)],)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        rest = kernel.apply(tensors)
+    assert rest[0] == tensors[0] and kernel.disabled
+    assert kernel.call(tensors[0][0]) == (False, None)  # stays off, no second warning
+
+    # the optimizer's result is then the foreach one
+    from optarena.optim import lion as lion_module
+
+    monkeypatch.setattr(lion_module._lion_fused, "compiled", lambda: broken)
+    monkeypatch.setattr(lion_module._lion_fused, "disabled", False)
+    results = []
+    for fused in (False, True):
+        param, grad = _problem(fused_module.FUSED_MIN_NUMEL)
+        with pytest.warns(RuntimeWarning) if fused else contextlib.nullcontext():
+            _run(Lion([param], lr=1e-3, fused=fused), param, grad, 2)
+        results.append(param.detach().clone())
+    assert torch.equal(results[0], results[1])
+
+
+def test_fused_lion_refuses_other_kappa_maps() -> None:
+    with pytest.raises(ValueError, match="fused=True supports kappa='sign' only, got kappa='l2'"):
+        Lion([torch.nn.Parameter(torch.zeros(2))], kappa="l2", fused=True)
+
+
+def test_create_optimizer_passes_constructor_options_and_still_names_unknown_ones() -> None:
+    model = torch.nn.Linear(4, 4)
+    assert create_optimizer("lion", model, fused=True, foreach=False).defaults["fused"] is True
+    with pytest.raises(ValueError, match=r"unknown hyperparameters \['fuse'\].*'fused'"):
+        create_optimizer("lion", model, fuse=True)

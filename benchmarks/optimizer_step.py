@@ -8,6 +8,8 @@ one run and on one machine:
   cost on a shared machine), with random gradients restored before each step outside
   the timer (some peers modify gradients in place);
 - the optimizer state in bytes per parameter (every tensor in ``optimizer.state``);
+- the same with ``fused=True`` where the optimizer has it (one compiled kernel per large
+  tensor, see ``optarena.optim._fused``; the compilation falls in the warm-up steps);
 - the same for the same method in pytorch-optimizer (foreach and per-tensor, the faster
   is reported) and for torch's AdamW (foreach, and ``fused=True``) as the baseline;
 - the bandwidth bound: the bytes a step must move at least (read parameters, gradients
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import math
 import platform
 import statistics
@@ -197,8 +200,13 @@ def run(names: list[str], warmup: int, repeats: int) -> tuple[list[Row], dict[st
            lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.1, fused=True))
     for name in names:
         spec = get_spec(name)
-        record(name, "optarena", lambda p, n=name: create_optimizer(n, model),
-               note="" if spec.family == "elementwise" else f"{spec.family}: bound counts elementwise traffic only")
+        note = "" if spec.family == "elementwise" else f"{spec.family}: bound counts elementwise traffic only"
+        record(name, "optarena", lambda p, n=name: create_optimizer(n, model), note=note)
+        if "fused" in inspect.signature(spec.cls.__init__).parameters:
+            # torch's own classes refuse fused=True together with the registry's foreach=True
+            extra = {"foreach": False} if spec.cls.__module__.startswith("torch.") else {}
+            record(name, "optarena (fused=True)",
+                   lambda p, n=name, kw=extra: create_optimizer(n, model, fused=True, **kw), note=note)
         for label, make, first in peers(name):
             first_kwargs = None
             if first == "hessian":
@@ -213,7 +221,7 @@ def to_markdown(rows: list[Row], info: dict[str, Any]) -> str:
     bw = info["bandwidth"]
     fastest_peer: dict[str, float] = {}
     for r in rows:
-        if r.implementation != "optarena" and r.ms is not None and not r.optimizer.startswith("torch"):
+        if not r.implementation.startswith("optarena") and r.ms is not None and not r.optimizer.startswith("torch"):
             fastest_peer[r.optimizer] = min(fastest_peer.get(r.optimizer, math.inf), r.ms)
     lines = [
         f"{info['params'] / 1e6:.1f}M parameters (fp32), torch {info['torch']}, {info['threads']} threads, "
@@ -230,7 +238,7 @@ def to_markdown(rows: list[Row], info: dict[str, Any]) -> str:
             continue
         bound_ms = r.traffic_bytes * info["params"] / bw * 1e3
         peer = fastest_peer.get(r.optimizer)
-        vs_peer = f"{r.ms / peer:.2f}" if peer and r.implementation == "optarena" else ""
+        vs_peer = f"{r.ms / peer:.2f}" if peer and r.implementation.startswith("optarena") else ""
         lines.append(f"| {r.optimizer} | {r.implementation} | {r.ms:.1f} | {r.median_ms:.1f} | {r.state_bytes:.2f} | "
                      f"{r.traffic_bytes:.1f} | {bound_ms:.1f} | {r.ms / bound_ms:.2f} | {vs_peer} | {r.note} |")
     return "\n".join(lines) + "\n"

@@ -120,14 +120,14 @@ def newton_schulz(
     batched = X.ndim == 3
     if X.ndim > 3:
         raise ValueError(f"newton_schulz takes (m, n) or (batch, m, n), got shape {tuple(G.shape)}")
+    # a X + B X is computed as (B + a I) X: the a I goes onto the small m x m matrix, and the
+    # large product is a plain GEMM instead of one that first copies X into its output
+    # (rounds differently from torch.optim.Muon's addmm form, by ~1 ulp of the compute dtype)
     for a, b, c in _coefficient_schedule(coefficients, steps):
         A = X @ X.mT
-        if batched:
-            B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-            X = torch.baddbmm(X, B, X, beta=a)
-        else:
-            B = torch.addmm(A, A, A, beta=b, alpha=c)
-            X = torch.addmm(X, B, X, beta=a)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if batched else torch.addmm(A, A, A, beta=b, alpha=c)
+        B.diagonal(dim1=-2, dim2=-1).add_(a)
+        X = B @ X
     return X.mT if transposed else X
 
 
@@ -258,8 +258,14 @@ def orthogonalize_many(
             fn = gram_newton_schulz if chosen == "gram" else newton_schulz
             if len(idx) == 1:
                 results = [fn(matrices[idx[0]], steps, coefficients, eps, dtype)]
-            else:
-                stacked = torch.stack([matrices[i] for i in idx])
+            else:  # cast while stacking: one pass over the inputs instead of two
+                first = matrices[idx[0]]
+                compute = resolve_ns_dtype(first, dtype)
+                if chosen == "gram":
+                    compute = torch.promote_types(compute, torch.float32)
+                stacked = torch.empty((len(idx), *first.shape), dtype=compute, device=first.device)
+                for row, i in zip(stacked, idx):
+                    row.copy_(matrices[i])
                 results = list(fn(stacked, steps, coefficients, eps, dtype).unbind(0))
         for i, r in zip(idx, results):
             out[i] = r.to(in_dtype)

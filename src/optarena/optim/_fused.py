@@ -90,6 +90,11 @@ class FusedKernel:
             self._disable(exc)
             return False, None
 
+    def __call__(self, *tensors: torch.Tensor, **hyper: Any) -> Any:
+        """Run on one set of tensors: compiled, or the plain function if compilation failed."""
+        ran, out = self.call(*tensors, **hyper)
+        return out if ran else self.fn(*tensors, **hyper)
+
     def apply(self, tensor_lists: Sequence[list[torch.Tensor]], **hyper: Any) -> tuple[list[torch.Tensor], ...]:
         """Update every large contiguous tensor of the parallel lists with the kernel, on flat views.
 

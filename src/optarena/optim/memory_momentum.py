@@ -45,8 +45,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, group_by_device_dtype
-from optarena.optim._foreach import CPU_BLOCK_NUMEL, cache_blocks
+from optarena.optim._foreach import CPU_BLOCK_NUMEL, cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._fused import FUSED_MIN_NUMEL, fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["AMAdamW", "AMSGD"]
@@ -69,6 +69,8 @@ class AMSGD(torch.optim.Optimizer):
         beta_max: upper clip of β in [0, 1) (default 0.9).
         weight_decay: L2 penalty added to the gradient (>= 0, default 0).
         foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
+        fused: compiled kernels for large tensors, one per pass (default False; needs
+            ``torch.compile``, compiles at the first step; see :mod:`optarena.optim._fused`).
 
     ``model_lambda`` and ``beta_max`` are optimizer-wide (β is one number for the model).
     ``last_beta`` holds the β of the latest step (a 0-d tensor).
@@ -82,6 +84,7 @@ class AMSGD(torch.optim.Optimizer):
         beta_max: float = 0.9,
         weight_decay: float = 0.0,
         foreach: bool = True,
+        fused: bool = False,
     ) -> None:
         if not (isinstance(lr, (int, float)) and lr >= 0.0):
             raise ValueError(f"AMSGD lr must be a float >= 0, got lr={lr!r}")
@@ -91,7 +94,7 @@ class AMSGD(torch.optim.Optimizer):
         self.model_lambda = model_lambda
         self.beta_max = beta_max
         self.last_beta: torch.Tensor | None = None
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, foreach=foreach))
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, foreach=foreach, fused=fused))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -101,19 +104,26 @@ class AMSGD(torch.optim.Optimizer):
                 loss = closure()
         lam = self.model_lambda
         work = []  # (group, blocks of (params, grads, buffers)) for parameters with a memory
+        kernel_work = []  # (group, param, raw grad, buffer) for large tensors with fused=True
         sums: list[torch.Tensor] = []  # per block: [Σ‖g‖², Σ‖d - g‖²]
         for group in self.param_groups:
             params, grads = collect_grads("AMSGD", group["params"])
-            if group["weight_decay"] != 0:
-                grads = [g.add(p, alpha=group["weight_decay"]) for p, g in zip(params, grads)]
+            wd = group["weight_decay"]
             old: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
             for p, g in zip(params, grads):
                 state = self.state[p]
                 if "momentum_buffer" not in state:  # first step: d = g
+                    g = g.add(p, alpha=wd) if wd != 0 else g
                     state["momentum_buffer"] = g.clone()
                     p.add_(g, alpha=-group["lr"])
+                elif (group.get("fused") and p.numel() >= FUSED_MIN_NUMEL
+                      and all(t.is_contiguous() for t in (p, g, state["momentum_buffer"]))):
+                    d = state["momentum_buffer"]
+                    kernel_work.append((group, p.view(-1), g.view(-1), d.view(-1)))
+                    sums.append(_am_sgd_sums(p.view(-1), g.view(-1), d.view(-1), weight_decay=float(wd),
+                                             decayed=wd != 0))
                 else:
-                    for lst, t in zip(old, (p, g, state["momentum_buffer"])):
+                    for lst, t in zip(old, (p, g.add(p, alpha=wd) if wd != 0 else g, state["momentum_buffer"])):
                         lst.append(t)
             blocks = []
             for chunk in group_by_device_dtype(*old):
@@ -133,6 +143,9 @@ class AMSGD(torch.optim.Optimizer):
                            torch.zeros_like(diff_sq))
         self.last_beta = beta
         weight = (1 - beta) / (1 + lam)  # d <- d + weight (g - d)
+        for group, p, g, d in kernel_work:
+            _am_sgd_update(p, g, d, weight=weight.to(d.device), lr=float(group["lr"]),
+                           weight_decay=float(group["weight_decay"]), decayed=group["weight_decay"] != 0)
         for group, blocks in work:  # pass 2: the update
             for ps, gs, ds in blocks:
                 diffs = torch._foreach_sub(gs, ds)
@@ -140,6 +153,27 @@ class AMSGD(torch.optim.Optimizer):
                 torch._foreach_add_(ds, diffs)
                 torch._foreach_add_(ps, ds, alpha=-group["lr"])
         return loss
+
+
+@fused_kernel
+def _am_sgd_sums(p: torch.Tensor, g: torch.Tensor, d: torch.Tensor, *, weight_decay: torch.Tensor | float,
+                 decayed: bool) -> torch.Tensor:
+    """[Σ g², Σ (g - d)²] of one flat tensor (g with the coupled decay), in float32 or wider."""
+    if decayed:
+        g = g + p * weight_decay
+    if g.dtype != torch.float64:
+        g, d = g.float(), d.float()
+    return torch.stack([(g * g).sum(), ((g - d) * (g - d)).sum()])
+
+
+@fused_kernel
+def _am_sgd_update(p: torch.Tensor, g: torch.Tensor, d: torch.Tensor, *, weight: torch.Tensor,
+                   lr: torch.Tensor | float, weight_decay: torch.Tensor | float, decayed: bool) -> None:
+    """d <- d + weight (g - d);  θ <- θ - lr d, for one flat tensor."""
+    if decayed:
+        g = g + p * weight_decay
+    d.add_((g - d) * weight)
+    p.sub_(d * lr)
 
 
 class AMAdamW(torch.optim.Optimizer):

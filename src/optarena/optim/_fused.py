@@ -16,9 +16,10 @@ Two choices keep the compiled kernel reusable for the whole run:
 
 Each call costs tens of microseconds of Python and guard overhead, so tensors with fewer
 than ``FUSED_MIN_NUMEL`` elements (biases, norm gains), and non-contiguous ones, are left
-to the caller's foreach path, which :meth:`FusedKernel.apply` hands them back for. If
-``torch.compile`` is unavailable or fails (no C++ compiler, an unsupported platform), the
-kernel warns once and hands every tensor back, so a step never half-fails.
+to the caller's foreach path (:func:`fusable`; :meth:`FusedKernel.apply` hands them back).
+If ``torch.compile`` is unavailable or fails (no C++ compiler, an unsupported platform),
+the kernel warns once and from then on hands every tensor back (or, called directly, runs
+the plain function), so a step never half-fails.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["FUSED_MIN_NUMEL", "FusedKernel", "fused_kernel"]
+__all__ = ["FUSED_MIN_NUMEL", "FusedKernel", "fusable", "fused_kernel"]
 
 FUSED_MIN_NUMEL = 32768  # below this a compiled call's fixed overhead outweighs the saved memory passes
+
+
+def fusable(*tensors: torch.Tensor) -> bool:
+    """Whether a kernel should take these tensors: large enough and all contiguous."""
+    return tensors[0].numel() >= FUSED_MIN_NUMEL and all(t.is_contiguous() for t in tensors)
 
 
 class FusedKernel:
@@ -103,8 +109,7 @@ class FusedKernel:
         """
         rest: tuple[list[torch.Tensor], ...] = tuple([] for _ in tensor_lists)
         for tensors in zip(*tensor_lists):
-            if (tensors[0].numel() < FUSED_MIN_NUMEL or not all(t.is_contiguous() for t in tensors)
-                    or not self.call(*(t.view(-1) for t in tensors), **hyper)[0]):
+            if not fusable(*tensors) or not self.call(*(t.view(-1) for t in tensors), **hyper)[0]:
                 for out, t in zip(rest, tensors):
                     out.append(t)
         return rest

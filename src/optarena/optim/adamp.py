@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
-from optarena.optim._fused import FUSED_MIN_NUMEL, FusedKernel, fused_kernel
+from optarena.optim._fused import FusedKernel, fusable, fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["AdamP", "SGDP", "project_scale_invariant", "scale_invariant_view"]
@@ -77,7 +77,7 @@ def scale_invariant_view(
     rows = param.shape[0]
     g2, p2 = grad.reshape(rows, -1), param.reshape(rows, -1)
     ran, cosines = False, None
-    if fused and param.numel() >= FUSED_MIN_NUMEL and g2.is_contiguous() and p2.is_contiguous():
+    if fused and fusable(p2, g2):
         ran, cosines = _invariance_cosines_fused.call(g2, p2, eps=float(eps))
     return _view_from_cosines(cosines if ran else _invariance_cosines(g2, p2, eps), param.shape, delta)
 
@@ -132,8 +132,7 @@ def _test_then_step(
     delta, eps = group["delta"], group["eps"]
     remaining = []
     for i, group_of_tensors in enumerate(zip(*tensors)):
-        if kernel is None or params[i].numel() < FUSED_MIN_NUMEL or kernel.disabled or not all(
-                t.is_contiguous() for t in group_of_tensors):
+        if kernel is None or kernel.disabled or not fusable(*group_of_tensors):
             remaining.append(i)
             continue
         view = scale_invariant_view(params[i], grads[i], delta, eps, fused=True)

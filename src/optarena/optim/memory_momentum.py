@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from optarena.optim._foreach import CPU_BLOCK_NUMEL, cache_blocks, collect_grads, group_by_device_dtype
-from optarena.optim._fused import FUSED_MIN_NUMEL, fused_kernel
+from optarena.optim._fused import fusable, fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["AMAdamW", "AMSGD"]
@@ -116,8 +116,7 @@ class AMSGD(torch.optim.Optimizer):
                     g = g.add(p, alpha=wd) if wd != 0 else g
                     state["momentum_buffer"] = g.clone()
                     p.add_(g, alpha=-group["lr"])
-                elif (group.get("fused") and p.numel() >= FUSED_MIN_NUMEL
-                      and all(t.is_contiguous() for t in (p, g, state["momentum_buffer"]))):
+                elif group.get("fused") and fusable(p, g, state["momentum_buffer"]):
                     d = state["momentum_buffer"]
                     kernel_work.append((group, p.view(-1), g.view(-1), d.view(-1)))
                     sums.append(_am_sgd_sums(p.view(-1), g.view(-1), d.view(-1), weight_decay=float(wd),

@@ -100,8 +100,10 @@ def _prepare(G: torch.Tensor, steps: int, dtype: torch.dtype, eps: float) -> tup
     transposed = X.size(-2) > X.size(-1)
     if transposed:
         X = X.mT
-    # clamp (not "+ eps") keeps non-zero norms exact; the same arithmetic as torch.optim.Muon
-    return X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps), transposed
+    # clamp (not "+ eps") keeps non-zero norms exact; the same arithmetic as torch.optim.Muon.
+    # The result is contiguous (a tall input's transpose is materialised) so that the
+    # iteration's GEMMs can write into preallocated buffers of the same layout.
+    return (X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)).contiguous(), transposed
 
 
 def newton_schulz(
@@ -122,12 +124,18 @@ def newton_schulz(
         raise ValueError(f"newton_schulz takes (m, n) or (batch, m, n), got shape {tuple(G.shape)}")
     # a X + B X is computed as (B + a I) X: the a I goes onto the small m x m matrix, and the
     # large product is a plain GEMM instead of one that first copies X into its output
-    # (rounds differently from torch.optim.Muon's addmm form, by ~1 ulp of the compute dtype)
+    # (rounds differently from torch.optim.Muon's addmm form, by ~1 ulp of the compute dtype).
+    # The products write into three buffers allocated once: fresh multi-MB tensors at every
+    # step cost page faults on CPU.
+    A = X.new_empty((*X.shape[:-1], X.size(-2)))
+    B, Y = torch.empty_like(A), torch.empty_like(X)
+    addmm = torch.baddbmm if batched else torch.addmm
     for a, b, c in _coefficient_schedule(coefficients, steps):
-        A = X @ X.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if batched else torch.addmm(A, A, A, beta=b, alpha=c)
+        torch.matmul(X, X.mT, out=A)
+        addmm(A, A, A, beta=b, alpha=c, out=B)
         B.diagonal(dim1=-2, dim2=-1).add_(a)
-        X = B @ X
+        torch.matmul(B, X, out=Y)
+        X, Y = Y, X
     return X.mT if transposed else X
 
 

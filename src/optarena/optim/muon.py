@@ -334,16 +334,13 @@ class Muon(MatrixOptimizer):
             [u.reshape(u.shape[0], -1) for u in updates],
             steps=group["ns_steps"], coefficients=group["ns_coefficients"], dtype=group["ns_dtype"],
             exact=group["exact_orthogonalization"], method=group["ns_method"], batched=group["foreach"],
+            cast_back=False,
         )
         lr, wd = group["lr"], group["weight_decay"]
-        if wd != 0:
-            if group["foreach"]:
-                torch._foreach_mul_(params, 1 - lr * wd)
-            else:
-                for p in params:
-                    p.mul_(1 - lr * wd)
-        for p, o in zip(params, ortho):
-            p.add_(o.view_as(p), alpha=-lr * muon_scale(p.shape, group["scale"]))
+        for p, o in zip(params, ortho):  # decay and update back to back: the second pass finds p in cache
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            p.add_(o.reshape(p.shape), alpha=-lr * muon_scale(p.shape, group["scale"]))
 
 
 def matrix_param_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, Any]]:

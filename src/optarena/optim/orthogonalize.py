@@ -232,6 +232,7 @@ def orthogonalize_many(
     exact: bool = False,
     method: str = "newton_schulz",
     batched: bool = True,
+    cast_back: bool = True,
 ) -> list[torch.Tensor]:
     """Orthogonalise 2-D matrices, one batched chain per (shape, device, dtype) when ``batched``.
 
@@ -239,7 +240,8 @@ def orthogonalize_many(
     (whichever of the two needs fewer FLOPs for each shape when the compute dtype is
     float32 or wider; plain Newton–Schulz in bf16) or ``"svd"`` (exact polar
     factor; ``exact=True`` means the same). Returns outputs in input order, cast back to
-    each input's dtype.
+    each input's dtype unless ``cast_back=False`` (then in the compute dtype, for callers
+    that only add them to a parameter: one copy fewer).
     """
     if method not in ORTHOGONALIZATION_METHODS:
         raise ValueError(f"method must be one of {ORTHOGONALIZATION_METHODS}, got {method!r}")
@@ -276,5 +278,5 @@ def orthogonalize_many(
                     row.copy_(matrices[i])
                 results = list(fn(stacked, steps, coefficients, eps, dtype).unbind(0))
         for i, r in zip(idx, results):
-            out[i] = r.to(in_dtype)
+            out[i] = r.to(in_dtype) if cast_back else r
     return out  # type: ignore[return-value]

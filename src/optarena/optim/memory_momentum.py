@@ -185,6 +185,8 @@ class AMAdamW(torch.optim.Optimizer):
         eps: added to Adam's denominator (default 1e-8).
         weight_decay: decoupled, multiplied by lr (default 0.01).
         model_lambda: λ of the memory proximal term (default 0.1).
+        fused: two compiled passes per large tensor, the inner products and the update
+            (default False; needs ``torch.compile``, compiles at the first step).
 
     Updates are per tensor (β needs three reductions per tensor), so there is no foreach flag.
     """
@@ -197,6 +199,7 @@ class AMAdamW(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.01,
         model_lambda: float = 0.1,
+        fused: bool = False,
     ) -> None:
         if not (isinstance(lr, (int, float)) and lr >= 0.0):
             raise ValueError(f"AMAdamW lr must be a float >= 0, got lr={lr!r}")
@@ -207,7 +210,8 @@ class AMAdamW(torch.optim.Optimizer):
             raise ValueError(f"AMAdamW eps must be > 0, got eps={eps}")
         if not weight_decay >= 0.0:
             raise ValueError(f"AMAdamW weight_decay must be >= 0, got weight_decay={weight_decay}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, model_lambda=model_lambda)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, model_lambda=model_lambda,
+                        fused=fused)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -235,9 +239,11 @@ class AMAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                     state["beta_product"] = torch.ones(
                         (), device=p.device, dtype=torch.promote_types(p.dtype, torch.float32))
-                _am_adamw_tensor(p, g, state["exp_avg"], state["exp_avg_sq"], state["beta_product"], first=first,
-                                 beta_max=beta_max, beta2=beta2, bc2_sqrt=bc2_sqrt, eps=eps, lr=lr, wd=wd, lam=lam,
-                                 gap_scale=gap_scale)
+                tensor_step = _am_adamw_fused_tensor if group.get("fused") and fusable(
+                    p, g, state["exp_avg"], state["exp_avg_sq"]) else _am_adamw_tensor
+                tensor_step(p, g, state["exp_avg"], state["exp_avg_sq"], state["beta_product"], first=first,
+                            beta_max=beta_max, beta2=beta2, bc2_sqrt=bc2_sqrt, eps=eps, lr=lr, wd=wd, lam=lam,
+                            gap_scale=gap_scale)
         return loss
 
 
@@ -297,6 +303,52 @@ def _am_adamw_tensor(
             pb.mul_(1 - lr * wd)
         pb.addcdiv_(db, precond, value=-lr)
     prod.mul_(beta)
+
+
+def _am_adamw_fused_tensor(
+    p: torch.Tensor, g: torch.Tensor, d: torch.Tensor, v: torch.Tensor, prod: torch.Tensor, *, first: bool,
+    beta_max: float, beta2: float, bc2_sqrt: float, eps: float, lr: float, wd: float, lam: float, gap_scale: float,
+) -> None:
+    """:func:`_am_adamw_tensor` as two compiled passes over flat views (``fused=True``)."""
+    flat = (p.view(-1), g.view(-1), d.view(-1), v.view(-1))
+    correction = (1 - beta_max * prod).to(p.dtype)
+    precond = dict(bc2_sqrt=float(bc2_sqrt), eps=float(eps), correction=correction, lam=float(lam))
+    sums = _am_adamw_sums(*flat, beta2=float(beta2), wd=float(wd), want_sums=not first, **precond)
+    if first:
+        beta = torch.full((), beta_max, device=p.device, dtype=prod.dtype)
+    else:
+        sums = sums.to(prod.dtype)
+        gap, pull, curvature = sums[0] * gap_scale, sums[1], sums[2]
+        beta = torch.where(curvature > 0, ((gap - pull) / curvature).clamp(0.0, beta_max),
+                           torch.full_like(curvature, beta_max))
+    _am_adamw_update(*flat, keep=(1 - beta).to(p.dtype), lr=float(lr), wd=float(wd), **precond)
+    prod.mul_(beta)
+
+
+@fused_kernel
+def _am_adamw_sums(p: torch.Tensor, g: torch.Tensor, d: torch.Tensor, v: torch.Tensor, *, beta2: torch.Tensor | float,
+                   bc2_sqrt: torch.Tensor | float, eps: torch.Tensor | float, correction: torch.Tensor,
+                   lam: torch.Tensor | float, wd: torch.Tensor | float, want_sums: bool) -> torch.Tensor | None:
+    """Pass 1: the second moment, then β's three inner products (see ``_am_adamw_tensor``)."""
+    v.mul_(beta2).add_(g * g * (1 - beta2))
+    if not want_sums:
+        return None
+    precond = (v.sqrt() / bc2_sqrt + eps) * correction
+    damp = precond * lam + 1
+    weighted = (d - g) / (precond * damp)
+    return torch.stack([(g * (d / precond + p * wd)).sum(), (weighted * (g + (damp - 1) * d)).sum(),
+                        (weighted * (d - g)).sum()])
+
+
+@fused_kernel
+def _am_adamw_update(p: torch.Tensor, g: torch.Tensor, d: torch.Tensor, v: torch.Tensor, *,
+                     keep: torch.Tensor, bc2_sqrt: torch.Tensor | float, eps: torch.Tensor | float,
+                     correction: torch.Tensor, lam: torch.Tensor | float, lr: torch.Tensor | float,
+                     wd: torch.Tensor | float) -> None:
+    """Pass 2: d <- d - (1 - β) u / (1 + a);  θ <- θ (1 - lr wd) - lr d / P."""
+    precond = (v.sqrt() / bc2_sqrt + eps) * correction
+    d.sub_((d - g) * keep / (precond * lam + 1))
+    p.mul_(1 - lr * wd).sub_(d / precond * lr)
 
 
 _PAPER = Paper("Adaptive Memory Momentum via a Model-Based Framework for Deep Learning Optimization",

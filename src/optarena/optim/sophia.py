@@ -94,8 +94,7 @@ class _Sophia(torch.optim.Optimizer):
         if not (isinstance(hessian_interval, int) and hessian_interval >= 1):
             raise ValueError(f"{name} hessian_interval must be an int >= 1, got hessian_interval={hessian_interval!r}")
         defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps,
-                        hessian_interval=hessian_interval, foreach=foreach,
-                        fused=fused)
+                        hessian_interval=hessian_interval, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
     # --- the hook pair -------------------------------------------------------------------

@@ -106,3 +106,29 @@ def test_create_optimizer_passes_constructor_options_and_still_names_unknown_one
     assert create_optimizer("lion", model, fused=True, foreach=False).defaults["fused"] is True
     with pytest.raises(ValueError, match=r"unknown hyperparameters \['fuse'\].*'fused'"):
         create_optimizer("lion", model, fuse=True)
+
+
+@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+@pytest.mark.parametrize("invariance", ["channel", "layer"])
+def test_projected_adamp_sgdp_steps_match_the_foreach_path(name: str, invariance: str) -> None:
+    """Gradients orthogonal to the weight (per row, or only as a whole) take the projected step."""
+    from optarena.optim.adamp import scale_invariant_view
+
+    def orthogonal_grad(p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        if invariance == "channel":
+            return g - p * ((g * p).sum(1, keepdim=True) / (p * p).sum(1, keepdim=True))
+        return g - p * ((g * p).sum() / (p * p).sum())
+
+    results = []
+    for fused in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        param = torch.nn.Parameter(torch.randn(256, 128, generator=gen))  # 32768 elements: the kernels take it
+        opt = create_optimizer(name, [param], fused=fused, weight_decay=0.1)
+        for _ in range(3):
+            param.grad = orthogonal_grad(param.detach(), gen)
+            expected = (256, -1) if invariance == "channel" else (1, -1)
+            assert scale_invariant_view(param.detach(), param.grad, 0.1, 1e-8) == expected
+            opt.step()
+        results.append(param.detach().clone())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)

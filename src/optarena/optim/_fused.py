@@ -71,17 +71,17 @@ class FusedKernel:
     def scalars(self, device: torch.device, hyper: dict[str, Any]) -> dict[str, Any]:
         """Floats become 0-d float64 tensors on ``device`` (one transfer); everything else passes through.
 
-        The last conversion is reused while the values stay the same (every tensor of a step).
+        The last conversion is reused while the floats stay the same (every tensor of a step).
         """
-        key = (device, tuple(hyper.items()))
+        floats = tuple((k, v) for k, v in hyper.items() if isinstance(v, float))
+        key = (device, floats)
         if key != self._last_key:
-            names = [k for k, v in hyper.items() if isinstance(v, float)]
-            out = {k: v for k, v in hyper.items() if k not in names}
-            if names:
-                values = torch.tensor([hyper[k] for k in names], dtype=torch.float64, device=device)
-                out.update(zip(names, values.unbind()))
-            self._last_key, self._last_scalars = key, out
-        return self._last_scalars
+            converted: dict[str, Any] = {}
+            if floats:
+                values = torch.tensor([v for _, v in floats], dtype=torch.float64, device=device)
+                converted = dict(zip((k for k, _ in floats), values.unbind()))
+            self._last_key, self._last_scalars = key, converted
+        return {**{k: v for k, v in hyper.items() if not isinstance(v, float)}, **self._last_scalars}
 
     def call(self, *tensors: torch.Tensor, **hyper: Any) -> tuple[bool, Any]:
         """Run on one set of tensors (already viewed as the kernel expects).

@@ -117,29 +117,28 @@ def project_scale_invariant(
 
 def _test_then_step(
     group: dict[str, Any], tensors: tuple[list[torch.Tensor], ...], block_step: Callable[..., None],
-    kernels: tuple[FusedKernel, FusedKernel, FusedKernel] | None, hyper: dict[str, Any],
+    kernel: FusedKernel | None, hyper: dict[str, Any],
 ) -> None:
     """The step shared by AdamP and SGDP on parallel lists ``(params, grads, *state)``.
 
     The scale-invariance test reads the raw gradient and the current weight, so it comes
     before each update. Tensors that are not projected (most of them) then take a purely
-    elementwise path: foreach and cache-blocked, or with ``kernels`` (``fused=True``: the
-    plain step, and the two passes of the projected step) one compiled pass per large
-    tensor, run right after that tensor's test so that the second read of θ and g comes
-    from the cache rather than memory. Projected tensors take ``block_step`` with their
-    view, or with ``kernels`` :func:`_projected_fused_step`.
+    elementwise path: foreach and cache-blocked, or with ``kernel`` (``fused=True``) one
+    compiled pass per large tensor, run right after that tensor's test so that the second
+    read of θ and g comes from the cache rather than memory. Projected tensors take
+    ``block_step`` with their view.
     """
     params, grads = tensors[0], tensors[1]
     delta, eps = group["delta"], group["eps"]
     remaining = []
     for i, group_of_tensors in enumerate(zip(*tensors)):
-        if kernels is None or kernels[0].disabled or not fusable(*group_of_tensors):
+        if kernel is None or kernel.disabled or not fusable(*group_of_tensors):
             remaining.append(i)
             continue
         view = scale_invariant_view(params[i], grads[i], delta, eps, fused=True)
         if view is not None:
-            _projected_fused_step(group_of_tensors, view, kernels[1:], hyper, group["wd_ratio"], eps)
-        elif not kernels[0].call(*(t.view(-1) for t in group_of_tensors), **hyper)[0]:
+            block_step(*([t] for t in group_of_tensors), group=group, wd_ratio=group["wd_ratio"], view=view)
+        elif not kernel.call(*(t.view(-1) for t in group_of_tensors), **hyper)[0]:
             remaining.append(i)  # compilation failed: the foreach path below takes this tensor
     views = {i: scale_invariant_view(params[i], grads[i], delta, eps) for i in remaining}
     plain = [i for i in remaining if views[i] is None]
@@ -150,27 +149,6 @@ def _test_then_step(
     for i, view in views.items():
         if view is not None:
             block_step(*([t[i]] for t in tensors), group=group, wd_ratio=group["wd_ratio"], view=view)
-
-
-def _projected_fused_step(
-    tensors: tuple[torch.Tensor, ...], view: tuple[int, int], kernels: tuple[FusedKernel, FusedKernel],
-    hyper: dict[str, Any], wd_ratio: float, eps: float,
-) -> None:
-    """The projected step of one tensor in two compiled passes over its ``(rows, cols)`` view.
-
-    Pass 1 updates the state and returns the rows' ‖θ‖² and <θ, u>; with θ̂ = θ / (‖θ‖ + eps)
-    the projected direction is ``u - θ <θ, u> / (‖θ‖ + eps)²`` per row (or with the sums,
-    for the whole layer), which pass 2 applies with the decay scaled by ``wd_ratio``.
-    The kernels run uncompiled if compilation failed (same arithmetic, more passes).
-    """
-    stats, update = kernels
-    rows = tensors[0].shape[0]
-    views = tuple(t.view(rows, -1) for t in tensors)
-    p_sq, p_dot_u = stats(*views, **hyper)
-    if view[0] == 1:
-        p_sq, p_dot_u = p_sq.sum().expand(rows), p_dot_u.sum().expand(rows)
-    coef = (p_dot_u / (p_sq.sqrt() + eps).square()).unsqueeze(1)
-    update(*views, coef=coef, **{**hyper, "decay": hyper["decay"] * wd_ratio})
 
 
 def _check_common(name: str, lr: float, weight_decay: float, delta: float, wd_ratio: float, eps: float) -> None:
@@ -244,8 +222,7 @@ class AdamP(torch.optim.Optimizer):
                          decay=float(group["lr"] * group["weight_decay"]), nesterov=bool(group["nesterov"]))
             states = [self.state[p] for p in params]
             tensors = (params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states])
-            kernels = (_adamp_fused, _adamp_projected_stats, _adamp_projected_update) if fused else None
-            _test_then_step(group, tensors, _adamp_block, kernels, hyper)
+            _test_then_step(group, tensors, _adamp_block, _adamp_fused if fused else None, hyper)
         return loss
 
 
@@ -280,30 +257,6 @@ def _adamp_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Ten
     v.mul_(beta2).add_(g * g * (1 - beta2))
     first = m * beta1 + g * (1 - beta1) if nesterov else m
     p.mul_(1 - decay).sub_(first / (v.sqrt() / bc2_sqrt + eps) * step_size)
-
-
-@fused_kernel
-def _adamp_projected_stats(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *,
-                           beta1: torch.Tensor, beta2: torch.Tensor, bc2_sqrt: torch.Tensor, eps: torch.Tensor,
-                           step_size: torch.Tensor, decay: torch.Tensor, nesterov: bool
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected AdamP, pass 1 on ``(rows, cols)`` views: the moments, then per row ‖θ‖² and <θ, u>."""
-    m.mul_(beta1).add_(g * (1 - beta1))
-    v.mul_(beta2).add_(g * g * (1 - beta2))
-    first = m * beta1 + g * (1 - beta1) if nesterov else m
-    update = first / (v.sqrt() / bc2_sqrt + eps)
-    p32 = p if p.dtype == torch.float64 else p.float()
-    return (p32 * p32).sum(dim=1), (p32 * update).sum(dim=1)
-
-
-@fused_kernel
-def _adamp_projected_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *,
-                            coef: torch.Tensor, beta1: torch.Tensor, beta2: torch.Tensor, bc2_sqrt: torch.Tensor,
-                            eps: torch.Tensor, step_size: torch.Tensor, decay: torch.Tensor, nesterov: bool) -> None:
-    """Projected AdamP, pass 2: θ <- θ (1 - decay) - s (u - θ coef), ``coef`` per row (decay already x wd_ratio)."""
-    first = m * beta1 + g * (1 - beta1) if nesterov else m
-    update = first / (v.sqrt() / bc2_sqrt + eps)
-    p.copy_(p * (1 - decay) - (update - p * coef) * step_size)
 
 
 class SGDP(torch.optim.Optimizer):
@@ -363,8 +316,7 @@ class SGDP(torch.optim.Optimizer):
             mu, lr = group["momentum"], group["lr"]
             hyper = dict(mu=float(mu), damp=float(1 - group["dampening"]), lr=float(lr),
                          decay=float(lr * group["weight_decay"] / (1 - mu)), nesterov=bool(group["nesterov"]))
-            kernels = (_sgdp_fused, _sgdp_projected_stats, _sgdp_projected_update) if fused else None
-            _test_then_step(group, (params, grads, bufs), _sgdp_block, kernels, hyper)
+            _test_then_step(group, (params, grads, bufs), _sgdp_block, _sgdp_fused if fused else None, hyper)
         return loss
 
 
@@ -391,26 +343,6 @@ def _sgdp_fused(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, *, mu: torc
     buf.mul_(mu).add_(g * damp)
     update = g + buf * mu if nesterov else buf
     p.mul_(1 - decay).sub_(update * lr)
-
-
-@fused_kernel
-def _sgdp_projected_stats(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, *, mu: torch.Tensor,
-                          damp: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor, nesterov: bool
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected SGDP, pass 1 on ``(rows, cols)`` views: the momentum, then per row ‖θ‖² and <θ, u>."""
-    buf.mul_(mu).add_(g * damp)
-    update = g + buf * mu if nesterov else buf
-    p32 = p if p.dtype == torch.float64 else p.float()
-    return (p32 * p32).sum(dim=1), (p32 * update).sum(dim=1)
-
-
-@fused_kernel
-def _sgdp_projected_update(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, *, coef: torch.Tensor,
-                           mu: torch.Tensor, damp: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor,
-                           nesterov: bool) -> None:
-    """Projected SGDP, pass 2: θ <- θ (1 - decay) - lr (u - θ coef) (decay already x wd_ratio)."""
-    update = g + buf * mu if nesterov else buf
-    p.copy_(p * (1 - decay) - (update - p * coef) * lr)
 
 
 register(

@@ -32,8 +32,8 @@ than AdamW's and weight decay 3-10x larger, so ``lr * wd`` stays comparable.
 
 ``fused=True`` (sign map only) runs the whole update as one compiled pass per tensor
 (:mod:`optarena.optim._fused`): it reads θ, g, m and writes θ, m once, the least memory
-traffic the method allows. It computes in the parameter's precision with the same
-formulas; results agree with the foreach path to rounding.
+traffic the method allows. It computes in float32 or wider and rounds once per stored
+tensor; results agree with the foreach path to rounding.
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
 __all__ = [
     "CPU_BLOCK_NUMEL", "adamw_rule", "cache_blocks", "check_float", "collect_grads", "group_by_device_dtype",
+    "run_closure", "zeros_state",
 ]
 
 
@@ -30,6 +31,28 @@ def collect_grads(optimizer_name: str, params: Iterable[torch.Tensor]) -> tuple[
         with_grad.append(p)
         grads.append(p.grad)
     return with_grad, grads
+
+
+def run_closure(closure: Callable[[], Any] | None) -> Any:
+    """torch.optim's closure contract: ``step`` runs under no_grad, the closure re-evaluates the loss with grad."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def zeros_state(
+    optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], *keys: str
+) -> tuple[list[torch.Tensor], ...]:
+    """The state tensors ``keys`` of each parameter, created as zeros at first use; one list per key."""
+    lists: tuple[list[torch.Tensor], ...] = tuple([] for _ in keys)
+    for p in params:
+        state = optimizer.state[p]
+        for key, out in zip(keys, lists):
+            if key not in state:
+                state[key] = torch.zeros_like(p)
+            out.append(state[key])
+    return lists
 
 
 def group_by_device_dtype(*tensor_lists: list[torch.Tensor]) -> list[tuple[list[torch.Tensor], ...]]:

@@ -38,7 +38,7 @@ import math
 from typing import Any, Callable, Iterable
 
 import torch
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure, zeros_state
 from optarena.optim._fused import FusedKernel, fusable, fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -201,27 +201,19 @@ class AdamP(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = collect_grads("AdamP", group["params"])
             if not params:
                 continue
             group["step"] = group.get("step", 0) + 1
-            for p in params:
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+            exp_avgs, exp_avg_sqs = zeros_state(self, params, "exp_avg", "exp_avg_sq")
             fused = bool(group.get("fused"))
             beta1, beta2 = group["betas"]
             hyper = dict(beta1=float(beta1), beta2=float(beta2), bc2_sqrt=math.sqrt(1 - beta2 ** group["step"]),
                          eps=float(group["eps"]), step_size=float(group["lr"]) / (1 - beta1 ** group["step"]),
                          decay=float(group["lr"] * group["weight_decay"]), nesterov=bool(group["nesterov"]))
-            states = [self.state[p] for p in params]
-            tensors = (params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states])
+            tensors = (params, grads, exp_avgs, exp_avg_sqs)
             _test_then_step(group, tensors, _adamp_block, _adamp_fused if fused else None, hyper)
         return loss
 
@@ -300,18 +292,10 @@ class SGDP(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = collect_grads("SGDP", group["params"])
-            bufs = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                bufs.append(state["momentum_buffer"])
+            (bufs,) = zeros_state(self, params, "momentum_buffer")
             fused = bool(group.get("fused"))
             mu, lr = group["momentum"], group["lr"]
             hyper = dict(mu=float(mu), damp=float(1 - group["dampening"]), lr=float(lr),

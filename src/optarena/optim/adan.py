@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
 from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -99,10 +99,7 @@ class Adan(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         clip = self._clip_factor()
         for group in self.param_groups:
             params, grads = collect_grads("Adan", group["params"])

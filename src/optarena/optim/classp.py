@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure, zeros_state
 from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
@@ -88,18 +88,10 @@ class CLASSP(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = collect_grads("CLASSP", group["params"])
-            sums = []
-            for p in params:
-                state = self.state[p]
-                if "grad_power_sum" not in state:
-                    state["grad_power_sum"] = torch.zeros_like(p)
-                sums.append(state["grad_power_sum"])
+            (sums,) = zeros_state(self, params, "grad_power_sum")
             step_fn = _classp_foreach if group["foreach"] else _classp_single_tensor
             for chunk in group_by_device_dtype(params, grads, sums):
                 if group.get("fused"):

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure, zeros_state
 from optarena.optim._fused import fused_kernel
 from optarena.optim.orthogonalize import orthogonalize_many
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -95,18 +95,10 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = collect_grads("Lion", group["params"])
-            exp_avgs = []
-            for p in params:
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                exp_avgs.append(state["exp_avg"])
+            (exp_avgs,) = zeros_state(self, params, "exp_avg")
             kappa = group.get("kappa", "sign")
             elementwise = kappa in ("sign", "identity", "smooth_sign")  # l2, nuclear, callables see whole tensors
             step_fn = _lion_foreach if group["foreach"] else _lion_single_tensor

@@ -45,7 +45,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import CPU_BLOCK_NUMEL, cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._foreach import (
+    cache_blocks, collect_grads, CPU_BLOCK_NUMEL, group_by_device_dtype, run_closure,
+)
 from optarena.optim._fused import fusable, fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -98,10 +100,7 @@ class AMSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         lam = self.model_lambda
         work = []  # (group, blocks of (params, grads, buffers)) for parameters with a memory
         kernel_work = []  # (group, param, raw grad, buffer) for large tensors with fused=True
@@ -216,10 +215,7 @@ class AMAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = collect_grads("AMAdamW", group["params"])
             if not params:

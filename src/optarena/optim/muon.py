@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from optarena.optim._foreach import adamw_rule, collect_grads
+from optarena.optim._foreach import adamw_rule, collect_grads, run_closure, zeros_state
 from optarena.optim.orthogonalize import MUON_COEFFICIENTS, ORTHOGONALIZATION_METHODS, orthogonalize_many
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -159,10 +159,7 @@ class MatrixOptimizer(torch.optim.Optimizer):
     # ---- the step ----
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         self._before_step()
         for group in self.param_groups:
             if group["matrix"]:
@@ -250,13 +247,7 @@ class MatrixOptimizer(torch.optim.Optimizer):
 
     # ---- shared pieces of the matrix rules ----
     def _momentum_buffers(self, params: list[torch.Tensor], key: str = "momentum_buffer") -> list[torch.Tensor]:
-        bufs = []
-        for p in params:
-            state = self.state[p]
-            if key not in state:
-                state[key] = torch.zeros_like(p)
-            bufs.append(state[key])
-        return bufs
+        return zeros_state(self, params, key)[0]
 
     @staticmethod
     def _ema_and_nesterov(

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import adamw_rule, collect_grads, group_by_device_dtype
+from optarena.optim._foreach import adamw_rule, collect_grads, group_by_device_dtype, run_closure, zeros_state
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["SCALE", "SCALE_ROLES"]
@@ -109,10 +109,7 @@ class SCALE(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = collect_grads("SCALE", group["params"])
             if not params:
@@ -125,10 +122,7 @@ class SCALE(torch.optim.Optimizer):
                     vec_params.append(p)
                     vec_grads.append(g)
                 elif kind == "readout":
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                    buf = state["momentum_buffer"]
+                    buf = zeros_state(self, [p], "momentum_buffer")[0][0]
                     buf.lerp_(g, 1 - group["momentum"])
                     _rms_normalize_step(p, buf, dim=1, lr=lr, weight_decay=wd)
                 else:
@@ -139,14 +133,7 @@ class SCALE(torch.optim.Optimizer):
 
     def _adamw_vectors(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         group["adamw_step"] = step = group.get("adamw_step", 0) + 1
-        exp_avgs, exp_avg_sqs = [], []
-        for p in params:
-            state = self.state[p]
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_avg_sq"] = torch.zeros_like(p)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
+        exp_avgs, exp_avg_sqs = zeros_state(self, params, "exp_avg", "exp_avg_sq")
         for chunk in group_by_device_dtype(params, grads, exp_avgs, exp_avg_sqs):
             adamw_rule(*chunk, step=step, lr=group["lr"], betas=group["adamw_betas"], eps=group["adamw_eps"],
                        weight_decay=group["weight_decay"])

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
 from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
@@ -114,10 +114,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         if not all(g["train_mode"] for g in self.param_groups):
             raise RuntimeError("ScheduleFreeAdamW.step() called in eval mode; call optimizer.train() first")
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = collect_grads("ScheduleFreeAdamW", group["params"])
             if not params:

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
 from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -134,10 +134,7 @@ class _Sophia(torch.optim.Optimizer):
     # --- the step ------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             group["step"] = group.get("step", 0) + 1
             params, grads = collect_grads(self._name, group["params"])

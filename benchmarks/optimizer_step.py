@@ -9,7 +9,8 @@ one run and on one machine:
   the timer (some peers modify gradients in place);
 - the optimizer state in bytes per parameter (every tensor in ``optimizer.state``);
 - the same with ``fused=True`` where the optimizer has it (one compiled kernel per large
-  tensor, see ``optarena.optim._fused``; the compilation falls in the warm-up steps);
+  tensor, see ``optarena.optim._fused``, or C kernels, ``optarena.optim._native``; the
+  compilation falls in the warm-up steps);
 - the same for the same method in pytorch-optimizer (foreach and per-tensor, the faster
   is reported) and for torch's AdamW (foreach, and ``fused=True``) as the baseline;
 - the bandwidth bound: the bytes a step must move at least (read parameters, gradients

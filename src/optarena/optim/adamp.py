@@ -26,19 +26,29 @@ Bias corrections use the group's step count; the reference counts per parameter,
 agrees unless a parameter skips steps. State: AdamP 2 tensors (8 bytes/param in fp32),
 SGDP 1 tensor (4 bytes/param).
 
-With ``fused=True`` each large tensor takes two compiled passes (:mod:`optarena.optim._fused`):
-one reads θ and g for the row reductions of the test, one reads and writes everything else
-once. The test has to see all rows before any element can be updated, so the extra read of
-θ and g is the least this method's traffic can be.
+With ``fused=True``, large CPU float32 tensors take one pass of a C kernel
+(:mod:`optarena.optim._native`) that applies the *unprojected* step and, from the θ and g it
+reads anyway, sums each row's <g, θ>, ‖g‖², ‖θ‖² for the test. The test has to see every row
+before any element can be updated, so the kernel speculates on its outcome: most tensors are
+never projected. A tensor that turns out projected gets its θ back by inverting the
+unprojected step (``θ = (θ' + s u) / (1 - decay)``, the moments need no fix: they do not
+depend on the projection) and then the projected step; the inversion rounds, so that one
+step agrees with the exact path to float32 rounding (about an ulp of θ), not bit for bit. A
+tensor projected at its previous step is expected to stay so and takes the exact path (test
+first, then the step), so a scale-invariant weight pays the inversion only on the step where
+it first tests positive. Other devices and dtypes run two compiled passes
+(:mod:`optarena.optim._fused`): the test's reductions, then the update.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Callable, Iterable
 
 import torch
 from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure, zeros_state
+from optarena.optim import _native
 from optarena.optim._fused import FusedKernel, fusable, fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -151,6 +161,52 @@ def _test_then_step(
             block_step(*([t[i]] for t in tensors), group=group, wd_ratio=group["wd_ratio"], view=view)
 
 
+def _speculate(
+    optimizer: torch.optim.Optimizer, group: dict[str, Any], tensors: tuple[list[torch.Tensor], ...],
+    native_step: Callable[..., torch.Tensor], block_step: Callable[..., None], update_of: Callable[..., torch.Tensor],
+    hyper: dict[str, Any], step: float,
+) -> tuple[list[torch.Tensor], ...]:
+    """``fused=True`` on CPU float32 matrices: the one-pass C kernel, betting that the tensor is not
+    projected (see the module docstring). Returns the parallel lists of the tensors it left.
+
+    ``update_of(*tensors)`` recomputes the unprojected update ``u`` from the new state, ``step``
+    is its step size; ``state["scale_invariant"]`` remembers each tensor's last outcome.
+    """
+    delta, eps, decay = group["delta"], group["eps"], hyper["decay"]
+    rest: tuple[list[torch.Tensor], ...] = tuple([] for _ in tensors)
+    for ts in zip(*tensors):
+        if ts[0].ndim < 2 or decay >= 1 or not fusable(*ts) or not _native.usable(*ts):
+            for out, t in zip(rest, ts):
+                out.append(t)
+            continue
+        state = optimizer.state[ts[0]]
+        if state.get("scale_invariant"):  # projected last step: test first, then the exact step
+            view = scale_invariant_view(ts[0], ts[1], delta, eps)
+            if view is None:
+                native_step(*ts, **hyper, test_eps=eps)
+            else:
+                block_step(*([t] for t in ts), group=group, wd_ratio=group["wd_ratio"], view=view)
+        else:
+            view = _view_from_cosines(native_step(*ts, **hyper, test_eps=eps), ts[0].shape, delta)
+            if view is not None:
+                _redo_projected(ts[0], update_of(*ts), view, step=step, decay=decay, wd_ratio=group["wd_ratio"],
+                                eps=eps)
+        state["scale_invariant"] = view is not None
+    return rest
+
+
+def _redo_projected(param: torch.Tensor, update: torch.Tensor, view: tuple[int, int], *, step: float,
+                    decay: float, wd_ratio: float, eps: float) -> None:
+    """θ' = θ (1 - decay) - step u was applied; recover θ and apply the projected step instead."""
+    param.add_(update, alpha=step)
+    if decay != 0:
+        param.div_(1 - decay)
+    projected = _remove_radial(param, update, view, eps)
+    if decay != 0:
+        param.mul_(1 - decay * wd_ratio)
+    param.add_(projected, alpha=-step)
+
+
 def _check_common(name: str, lr: float, weight_decay: float, delta: float, wd_ratio: float, eps: float) -> None:
     if not (isinstance(lr, (int, float)) and lr >= 0.0):
         raise ValueError(f"{name} lr must be a float >= 0, got lr={lr!r}")
@@ -175,8 +231,8 @@ class AdamP(torch.optim.Optimizer):
         wd_ratio: weight-decay multiplier for projected tensors, in [0, 1] (default 0.1).
         nesterov: use the Nesterov form of the first moment (default False).
         foreach: multi-tensor moments (default True); the projection is per tensor either way.
-        fused: compiled passes per large tensor (default False; needs ``torch.compile``,
-            compiles at the first step).
+        fused: one C-kernel pass per large CPU float32 matrix, compiled passes elsewhere
+            (default False; compiles at the first step, see the module docstring).
     """
 
     def __init__(
@@ -214,6 +270,9 @@ class AdamP(torch.optim.Optimizer):
                          eps=float(group["eps"]), step_size=float(group["lr"]) / (1 - beta1 ** group["step"]),
                          decay=float(group["lr"] * group["weight_decay"]), nesterov=bool(group["nesterov"]))
             tensors = (params, grads, exp_avgs, exp_avg_sqs)
+            if fused:
+                tensors = _speculate(self, group, tensors, _native.adamp_step, _adamp_block,
+                                     partial(_adamp_update, **hyper), hyper, hyper["step_size"])
             _test_then_step(group, tensors, _adamp_block, _adamp_fused if fused else None, hyper)
         return loss
 
@@ -240,6 +299,13 @@ def _adamp_block(
     torch._foreach_add_(params, updates, alpha=-lr / (1 - beta1**step))
 
 
+def _adamp_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *, beta1: float,
+                  bc2_sqrt: float, eps: float, nesterov: bool, **_: Any) -> torch.Tensor:
+    """AdamP's unprojected direction u from the updated moments (the projection's input)."""
+    first = torch.lerp(m, g, 1 - beta1) if nesterov else m
+    return first / v.sqrt().div_(bc2_sqrt).add_(eps)
+
+
 @fused_kernel
 def _adamp_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *, beta1: torch.Tensor,
                  beta2: torch.Tensor, bc2_sqrt: torch.Tensor, eps: torch.Tensor, step_size: torch.Tensor,
@@ -262,8 +328,7 @@ class SGDP(torch.optim.Optimizer):
         delta, wd_ratio, eps: the scale-invariance test (defaults 0.1, 0.1, 1e-8).
         nesterov: Nesterov momentum (default False).
         foreach: multi-tensor momentum update (default True).
-        fused: compiled passes per large tensor (default False; needs ``torch.compile``,
-            compiles at the first step).
+        fused: as for :class:`AdamP`.
     """
 
     def __init__(
@@ -300,7 +365,11 @@ class SGDP(torch.optim.Optimizer):
             mu, lr = group["momentum"], group["lr"]
             hyper = dict(mu=float(mu), damp=float(1 - group["dampening"]), lr=float(lr),
                          decay=float(lr * group["weight_decay"] / (1 - mu)), nesterov=bool(group["nesterov"]))
-            _test_then_step(group, (params, grads, bufs), _sgdp_block, _sgdp_fused if fused else None, hyper)
+            tensors = (params, grads, bufs)
+            if fused:
+                tensors = _speculate(self, group, tensors, _native.sgdp_step, _sgdp_block,
+                                     partial(_sgdp_update, mu=float(mu), nesterov=hyper["nesterov"]), hyper, float(lr))
+            _test_then_step(group, tensors, _sgdp_block, _sgdp_fused if fused else None, hyper)
         return loss
 
 
@@ -318,6 +387,11 @@ def _sgdp_block(
     if wd != 0:
         torch._foreach_mul_(params, 1 - lr * wd * wd_ratio / (1 - mu))
     torch._foreach_add_(params, updates, alpha=-lr)
+
+
+def _sgdp_update(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, *, mu: float, nesterov: bool) -> torch.Tensor:
+    """SGDP's unprojected direction u from the updated buffer."""
+    return g.add(buf, alpha=mu) if nesterov else buf
 
 
 @fused_kernel

@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from optarena.optim import _native
 from optarena.optim._foreach import (
     cache_blocks, collect_grads, CPU_BLOCK_NUMEL, group_by_device_dtype, run_closure,
 )
@@ -71,8 +72,10 @@ class AMSGD(torch.optim.Optimizer):
         beta_max: upper clip of β in [0, 1) (default 0.9).
         weight_decay: L2 penalty added to the gradient (>= 0, default 0).
         foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: compiled kernels for large tensors, one per pass (default False; needs
-            ``torch.compile``, compiles at the first step; see :mod:`optarena.optim._fused`).
+        fused: for large tensors, one kernel per pass, the second in reverse tensor order so
+            that it starts on what the first left in the cache (default False): C kernels on
+            CPU float32 (:mod:`optarena.optim._native`), ``torch.compile`` elsewhere
+            (:mod:`optarena.optim._fused`); compiles at the first step.
 
     ``model_lambda`` and ``beta_max`` are optimizer-wide (β is one number for the model).
     ``last_beta`` holds the β of the latest step (a 0-d tensor).
@@ -116,10 +119,12 @@ class AMSGD(torch.optim.Optimizer):
                     state["momentum_buffer"] = g.clone()
                     p.add_(g, alpha=-group["lr"])
                 elif group.get("fused") and fusable(p, g, state["momentum_buffer"]):
-                    d = state["momentum_buffer"]
-                    kernel_work.append((group, p.view(-1), g.view(-1), d.view(-1)))
-                    sums.append(_am_sgd_sums(p.view(-1), g.view(-1), d.view(-1), weight_decay=float(wd),
-                                             decayed=wd != 0))
+                    flat = (p.view(-1), g.view(-1), state["momentum_buffer"].view(-1))
+                    kernel_work.append((group, *flat))
+                    if _native.usable(*flat):
+                        sums.append(_native.am_sgd_sums(*flat, weight_decay=float(wd)))
+                    else:
+                        sums.append(_am_sgd_sums(*flat, weight_decay=float(wd), decayed=wd != 0))
                 else:
                     for lst, t in zip(old, (p, g.add(p, alpha=wd) if wd != 0 else g, state["momentum_buffer"])):
                         lst.append(t)
@@ -141,9 +146,13 @@ class AMSGD(torch.optim.Optimizer):
                            torch.zeros_like(diff_sq))
         self.last_beta = beta
         weight = (1 - beta) / (1 + lam)  # d <- d + weight (g - d)
-        for group, p, g, d in kernel_work:
-            _am_sgd_update(p, g, d, weight=weight.to(d.device), lr=float(group["lr"]),
-                           weight_decay=float(group["weight_decay"]), decayed=group["weight_decay"] != 0)
+        for group, p, g, d in reversed(kernel_work):  # the tensors summed last are still in the cache
+            if _native.usable(p, g, d):
+                _native.am_sgd_update(p, g, d, weight_decay=float(group["weight_decay"]), weight=float(weight),
+                                      lr=float(group["lr"]))
+            else:
+                _am_sgd_update(p, g, d, weight=weight.to(d.device), lr=float(group["lr"]),
+                               weight_decay=float(group["weight_decay"]), decayed=group["weight_decay"] != 0)
         for group, blocks in work:  # pass 2: the update
             for ps, gs, ds in blocks:
                 diffs = torch._foreach_sub(gs, ds)
@@ -184,8 +193,9 @@ class AMAdamW(torch.optim.Optimizer):
         eps: added to Adam's denominator (default 1e-8).
         weight_decay: decoupled, multiplied by lr (default 0.01).
         model_lambda: λ of the memory proximal term (default 0.1).
-        fused: two compiled passes per large tensor, the inner products and the update
-            (default False; needs ``torch.compile``, compiles at the first step).
+        fused: two passes per large tensor, the inner products and the update (default
+            False): C kernels on CPU float32 (:mod:`optarena.optim._native`), ``torch.compile``
+            elsewhere; compiles at the first step.
 
     Updates are per tensor (β needs three reductions per tensor), so there is no foreach flag.
     """
@@ -305,11 +315,18 @@ def _am_adamw_fused_tensor(
     p: torch.Tensor, g: torch.Tensor, d: torch.Tensor, v: torch.Tensor, prod: torch.Tensor, *, first: bool,
     beta_max: float, beta2: float, bc2_sqrt: float, eps: float, lr: float, wd: float, lam: float, gap_scale: float,
 ) -> None:
-    """:func:`_am_adamw_tensor` as two compiled passes over flat views (``fused=True``)."""
+    """:func:`_am_adamw_tensor` as two passes over flat views (``fused=True``): C kernels on CPU
+    float32 tensors, compiled ones elsewhere."""
     flat = (p.view(-1), g.view(-1), d.view(-1), v.view(-1))
     correction = (1 - beta_max * prod).to(p.dtype)
-    precond = dict(bc2_sqrt=float(bc2_sqrt), eps=float(eps), correction=correction, lam=float(lam))
-    sums = _am_adamw_sums(*flat, beta2=float(beta2), wd=float(wd), want_sums=not first, **precond)
+    native = _native.usable(*flat)
+    if native:
+        precond = dict(bc2_sqrt=float(bc2_sqrt), eps=float(eps), correction=float(correction), lam=float(lam))
+        sums = _native.am_adamw_sums(*flat, beta2=float(beta2), weight_decay=float(wd), want_sums=not first,
+                                     **precond)
+    else:
+        precond = dict(bc2_sqrt=float(bc2_sqrt), eps=float(eps), correction=correction, lam=float(lam))
+        sums = _am_adamw_sums(*flat, beta2=float(beta2), wd=float(wd), want_sums=not first, **precond)
     if first:
         beta = torch.full((), beta_max, device=p.device, dtype=prod.dtype)
     else:
@@ -317,7 +334,11 @@ def _am_adamw_fused_tensor(
         gap, pull, curvature = sums[0] * gap_scale, sums[1], sums[2]
         beta = torch.where(curvature > 0, ((gap - pull) / curvature).clamp(0.0, beta_max),
                            torch.full_like(curvature, beta_max))
-    _am_adamw_update(*flat, keep=(1 - beta).to(p.dtype), lr=float(lr), wd=float(wd), **precond)
+    keep = (1 - beta).to(p.dtype)
+    if native:
+        _native.am_adamw_update(*flat, keep=float(keep), lr=float(lr), weight_decay=float(wd), **precond)
+    else:
+        _am_adamw_update(*flat, keep=keep, lr=float(lr), wd=float(wd), **precond)
     prod.mul_(beta)
 
 

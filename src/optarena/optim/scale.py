@@ -29,6 +29,11 @@ named ``embed_tokens``). A weight tied between embedding and head counts as embe
 
 State: none on hidden matrices (the figure the registry reports), one buffer on the
 readout, two on vectors.
+
+``fused=True`` runs the matrix updates of large CPU float32 tensors in C
+(:mod:`optarena.optim._native`): a hidden or readout row is read from memory once, its RMS
+summed, and the row updated from the cache (with the readout's momentum in the same pass);
+an embedding takes two passes (its column RMS needs every row first).
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from optarena.optim import _native
 from optarena.optim._foreach import adamw_rule, collect_grads, group_by_device_dtype, run_closure, zeros_state
+from optarena.optim._fused import fusable
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["SCALE", "SCALE_ROLES"]
@@ -71,6 +78,8 @@ class SCALE(torch.optim.Optimizer):
         weight_decay: decoupled, multiplied by lr (default 0).
         adamw_betas, adamw_eps: the AdamW rule of ``"vector"`` groups.
         role: default role of groups that do not set one (default None: infer per tensor).
+        fused: C kernels for large CPU float32 matrices (default False; compiles them at the
+            first step, see the module docstring).
     """
 
     def __init__(
@@ -82,6 +91,7 @@ class SCALE(torch.optim.Optimizer):
         adamw_betas: tuple[float, float] = (0.9, 0.999),
         adamw_eps: float = 1e-8,
         role: str | None = None,
+        fused: bool = False,
     ) -> None:
         if not (isinstance(lr, (int, float)) and lr >= 0.0):
             raise ValueError(f"SCALE lr must be a float >= 0, got lr={lr!r}")
@@ -96,7 +106,7 @@ class SCALE(torch.optim.Optimizer):
         if role not in SCALE_ROLES:
             raise ValueError(f"SCALE role must be one of {SCALE_ROLES}, got role={role!r}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, adamw_betas=tuple(adamw_betas),
-                        adamw_eps=adamw_eps, role=role)
+                        adamw_eps=adamw_eps, role=role, fused=fused)
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["role"] not in SCALE_ROLES:
@@ -123,8 +133,16 @@ class SCALE(torch.optim.Optimizer):
                     vec_grads.append(g)
                 elif kind == "readout":
                     buf = zeros_state(self, [p], "momentum_buffer")[0][0]
+                    if group.get("fused") and fusable(p, g, buf) and _native.usable(p, g, buf):
+                        _native.row_rms_step(p, g, buf, weight=1 - group["momentum"], lr=lr, decay=lr * wd)
+                        continue
                     buf.lerp_(g, 1 - group["momentum"])
                     _rms_normalize_step(p, buf, dim=1, lr=lr, weight_decay=wd)
+                elif group.get("fused") and fusable(p, g) and _native.usable(p, g):
+                    if kind == "embedding":
+                        _native.col_rms_step(p, g, lr=lr, decay=lr * wd)
+                    else:
+                        _native.row_rms_step(p, g, None, weight=0.0, lr=lr, decay=lr * wd)
                 else:
                     _rms_normalize_step(p, g, dim=0 if kind == "embedding" else 1, lr=lr, weight_decay=wd)
             if vec_params:

@@ -1,0 +1,203 @@
+"""The C kernels of ``optarena.optim._native`` against the eager code they replace.
+
+Sizes are chosen off the vector width (cols = 77) and over one reduction block (n > 16384)
+so that remainders and block combination are exercised.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import optarena.optim._native as native
+from optarena.optim import create_optimizer
+from optarena.optim.adamp import _adamp_block, _invariance_cosines, _sgdp_block
+from optarena.optim.memory_momentum import _am_adamw_sums, _am_adamw_update
+from optarena.optim.scale import _rms_normalize_step
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler for optarena.optim._native")
+
+ROWS, COLS = 301, 77  # 23177 elements: two reduction blocks, a ragged vector tail
+
+
+def tensors(*names: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = {n: torch.randn(ROWS, COLS, generator=gen) for n in names}
+    for n in ("v",):
+        if n in out:
+            out[n] = out[n].abs()
+    return out
+
+
+def clones(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: t.clone() for k, t in ts.items()}
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def eager_cosines(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The eager test's [largest row |cos|, layer |cos|] (float32 row sums, as the kernel's)."""
+    return _invariance_cosines(g, p, 1e-8).double()
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adamp_kernel_is_the_unprojected_step_and_the_test(nesterov: bool, weight_decay: float) -> None:
+    t = tensors("p", "g", "m", "v")
+    ref = clones(t)
+    step, lr, (b1, b2) = 3, 1e-2, (0.9, 0.999)
+    group = dict(betas=(b1, b2), lr=lr, eps=1e-8, step=step, weight_decay=weight_decay, nesterov=nesterov)
+    _adamp_block([ref["p"]], [ref["g"]], [ref["m"]], [ref["v"]], group=group, wd_ratio=1.0, view=None)
+    cosines = native.adamp_step(t["p"], t["g"], t["m"], t["v"], beta1=b1, beta2=b2,
+                                bc2_sqrt=math.sqrt(1 - b2**step), eps=1e-8, step_size=lr / (1 - b1**step),
+                                decay=lr * weight_decay, nesterov=nesterov, test_eps=1e-8)
+    for k in ("p", "m", "v"):
+        close(t[k], ref[k])
+    original = tensors("p", "g")
+    torch.testing.assert_close(cosines, eager_cosines(original["g"], original["p"]), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgdp_kernel_is_the_unprojected_step(nesterov: bool) -> None:
+    t = tensors("p", "g", "b")
+    ref = clones(t)
+    group = dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-3, nesterov=nesterov, eps=1e-8)
+    _sgdp_block([ref["p"]], [ref["g"]], [ref["b"]], group=group, wd_ratio=1.0, view=None)
+    cosines = native.sgdp_step(t["p"], t["g"], t["b"], mu=0.9, damp=0.9, lr=0.1, decay=0.1 * 1e-3 / 0.1,
+                               nesterov=nesterov, test_eps=1e-8)
+    close(t["p"], ref["p"])
+    close(t["b"], ref["b"])
+    original = tensors("p", "g")
+    torch.testing.assert_close(cosines, eager_cosines(original["g"], original["p"]), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.9])
+def test_row_rms_kernel_matches_scale_rows(momentum: float | None) -> None:
+    t = tensors("p", "g", "b")
+    ref = clones(t)
+    if momentum is None:
+        _rms_normalize_step(ref["p"], ref["g"], dim=1, lr=0.01, weight_decay=0.1)
+        native.row_rms_step(t["p"], t["g"], None, weight=0.0, lr=0.01, decay=0.01 * 0.1)
+    else:
+        ref["b"].lerp_(ref["g"], 1 - momentum)
+        _rms_normalize_step(ref["p"], ref["b"], dim=1, lr=0.01, weight_decay=0.1)
+        native.row_rms_step(t["p"], t["g"], t["b"], weight=1 - momentum, lr=0.01, decay=0.01 * 0.1)
+        close(t["b"], ref["b"])
+    close(t["p"], ref["p"])
+
+
+def test_col_rms_kernel_matches_scale_embedding_columns() -> None:
+    t = tensors("p", "g")
+    t["g"][:, 5] = 0.0  # an all-zero column takes the 1e-8 floor, as in the eager code
+    ref = clones(t)
+    _rms_normalize_step(ref["p"], ref["g"], dim=0, lr=0.01, weight_decay=0.0)
+    native.col_rms_step(t["p"], t["g"], lr=0.01, decay=0.0)
+    close(t["p"], ref["p"])
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_am_sgd_kernels_match_the_formulas(weight_decay: float) -> None:
+    t = {k: v.view(-1) for k, v in tensors("p", "g", "d").items()}
+    h = t["g"] + weight_decay * t["p"]  # float32 elementwise, float64 sums, as the kernel
+    expected = torch.stack([h.double().square().sum(), (h - t["d"]).double().square().sum()])
+    torch.testing.assert_close(native.am_sgd_sums(t["p"], t["g"], t["d"], weight_decay=weight_decay), expected,
+                               rtol=1e-12, atol=0.0)
+    d_ref = t["d"] + (t["g"] + weight_decay * t["p"] - t["d"]) * 0.3
+    p_ref = t["p"] - 0.05 * d_ref
+    native.am_sgd_update(t["p"], t["g"], t["d"], weight_decay=weight_decay, weight=0.3, lr=0.05)
+    close(t["d"], d_ref)
+    close(t["p"], p_ref)
+
+
+def test_am_adamw_kernels_match_the_compiled_functions_in_eager_mode() -> None:
+    t = {k: v.view(-1) for k, v in tensors("p", "g", "d", "v").items()}
+    ref = clones(t)
+    hyper = dict(bc2_sqrt=0.3, eps=1e-8, lam=0.1)
+    expected = _am_adamw_sums.fn(*ref.values(), beta2=0.99, correction=torch.tensor(0.6), wd=0.1, want_sums=True,
+                                 **hyper)
+    sums = native.am_adamw_sums(*t.values(), beta2=0.99, correction=0.6, weight_decay=0.1, want_sums=True, **hyper)
+    close(t["v"], ref["v"])
+    torch.testing.assert_close(sums, expected.double(), rtol=1e-4, atol=1e-4)
+    _am_adamw_update.fn(*ref.values(), keep=torch.tensor(0.25), correction=torch.tensor(0.6), lr=0.01, wd=0.1,
+                        **hyper)
+    native.am_adamw_update(*t.values(), keep=0.25, correction=0.6, lr=0.01, weight_decay=0.1, **hyper)
+    close(t["d"], ref["d"])
+    close(t["p"], ref["p"])
+
+
+def test_sums_do_not_depend_on_the_thread_count() -> None:
+    """Fixed blocks (flat sums), rows (AdamP's test) and column slices, summed in a fixed order."""
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            t = tensors("p", "g", "m", "v")
+            flat = {k: v.view(-1) for k, v in t.items()}
+            sgd = native.am_sgd_sums(flat["p"], flat["g"], flat["m"], weight_decay=0.0)
+            rows = native.adamp_step(t["p"], t["g"], t["m"], t["v"], beta1=0.9, beta2=0.99, bc2_sqrt=0.1, eps=1e-8,
+                                     step_size=1e-3, decay=0.0, nesterov=False, test_eps=1e-8)
+            native.col_rms_step(t["p"], t["g"], lr=0.1, decay=0.0)
+            results.append((sgd, rows, t["p"]))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_adamp_speculation_recovers_when_a_tensor_turns_projected_and_back() -> None:
+    """Step 1 speculates and must undo (gradient orthogonal per row), step 2 is predicted projected,
+    step 3 (random gradient) flips back; every step follows the foreach path."""
+    results = []
+    for fused in (False, True):
+        gen = torch.Generator().manual_seed(1)
+        param = torch.nn.Parameter(torch.randn(256, 128, generator=gen))
+        opt = create_optimizer("adamp", [param], fused=fused, weight_decay=0.1)
+        flags = []
+        for orthogonal in (True, True, False):
+            g = torch.randn(param.shape, generator=gen)
+            if orthogonal:
+                p = param.detach()
+                g = g - p * ((g * p).sum(1, keepdim=True) / (p * p).sum(1, keepdim=True))
+            param.grad = g
+            opt.step()
+            flags.append(opt.state[param].get("scale_invariant"))
+        results.append((param.detach().clone(), flags))
+    close(results[0][0], results[1][0])
+    assert results[1][1] == [True, True, False]  # fused: the outcome of each step's test is remembered
+
+
+def test_without_a_compiler_fused_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    monkeypatch.setenv("OPTARENA_CACHE_DIR", str(tmp_path))
+    param = torch.nn.Parameter(torch.randn(256, 128))
+    param.grad = torch.randn(256, 128)
+    reference = param.detach().clone()
+    opt = create_optimizer("sgdp", [param], fused=True)
+    with pytest.warns(RuntimeWarning, match="no-such-compiler-here"):
+        opt.step()
+    assert not native.available()
+    assert not torch.equal(param.detach(), reference)  # the compiled/foreach path took the step
+
+
+def test_opt_out_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("OPTARENA_NATIVE", "0")
+    assert not native.available()
+    assert not native.usable(torch.zeros(4))
+
+
+def test_a_fresh_cache_directory_builds_the_library(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("OPTARENA_CACHE_DIR", str(tmp_path))
+    built = native._build()
+    assert built.parent == tmp_path and built.stat().st_size > 0
+    assert native._build() == built  # cached: the same file, not rebuilt
+    assert list(tmp_path.iterdir()) == [built]  # no temporary left behind

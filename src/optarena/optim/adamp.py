@@ -47,8 +47,8 @@ from functools import partial
 from typing import Any, Callable, Iterable
 
 import torch
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure, zeros_state
 from optarena.optim import _native
+from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure, zeros_state
 from optarena.optim._fused import FusedKernel, fusable, fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 

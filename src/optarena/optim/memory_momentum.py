@@ -72,9 +72,8 @@ class AMSGD(torch.optim.Optimizer):
         beta_max: upper clip of β in [0, 1) (default 0.9).
         weight_decay: L2 penalty added to the gradient (>= 0, default 0).
         foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: for large tensors, one kernel per pass, the second in reverse tensor order so
-            that it starts on what the first left in the cache (default False): C kernels on
-            CPU float32 (:mod:`optarena.optim._native`), ``torch.compile`` elsewhere
+        fused: for large tensors, one kernel per pass (default False): C kernels on CPU
+            float32 (:mod:`optarena.optim._native`), ``torch.compile`` elsewhere
             (:mod:`optarena.optim._fused`); compiles at the first step.
 
     ``model_lambda`` and ``beta_max`` are optimizer-wide (β is one number for the model).
@@ -146,7 +145,8 @@ class AMSGD(torch.optim.Optimizer):
                            torch.zeros_like(diff_sq))
         self.last_beta = beta
         weight = (1 - beta) / (1 + lam)  # d <- d + weight (g - d)
-        for group, p, g, d in reversed(kernel_work):  # the tensors summed last are still in the cache
+        # reversed: the tensors summed last may still be cached (no gain measured on this machine)
+        for group, p, g, d in reversed(kernel_work):
             if _native.usable(p, g, d):
                 _native.am_sgd_update(p, g, d, weight_decay=float(group["weight_decay"]), weight=float(weight),
                                       lr=float(group["lr"]))

@@ -105,7 +105,7 @@ class AMSGD(torch.optim.Optimizer):
         loss = run_closure(closure)
         lam = self.model_lambda
         work = []  # (group, blocks of (params, grads, buffers)) for parameters with a memory
-        kernel_work = []  # (group, param, raw grad, buffer) for large tensors with fused=True
+        kernel_work = []  # (group, native, param, raw grad, buffer) for large tensors with fused=True
         sums: list[torch.Tensor] = []  # per block: [Σ‖g‖², Σ‖d - g‖²]
         for group in self.param_groups:
             params, grads = collect_grads("AMSGD", group["params"])
@@ -119,8 +119,9 @@ class AMSGD(torch.optim.Optimizer):
                     p.add_(g, alpha=-group["lr"])
                 elif group.get("fused") and fusable(p, g, state["momentum_buffer"]):
                     flat = (p.view(-1), g.view(-1), state["momentum_buffer"].view(-1))
-                    kernel_work.append((group, *flat))
-                    if _native.usable(*flat):
+                    native = _native.usable(*flat)
+                    kernel_work.append((group, native, *flat))
+                    if native:
                         sums.append(_native.am_sgd_sums(*flat, weight_decay=float(wd)))
                     else:
                         sums.append(_am_sgd_sums(*flat, weight_decay=float(wd), decayed=wd != 0))
@@ -146,8 +147,8 @@ class AMSGD(torch.optim.Optimizer):
         self.last_beta = beta
         weight = (1 - beta) / (1 + lam)  # d <- d + weight (g - d)
         # reversed: the tensors summed last may still be cached (no gain measured on this machine)
-        for group, p, g, d in reversed(kernel_work):
-            if _native.usable(p, g, d):
+        for group, native, p, g, d in reversed(kernel_work):
+            if native:
                 _native.am_sgd_update(p, g, d, weight_decay=float(group["weight_decay"]), weight=float(weight),
                                       lr=float(group["lr"]))
             else:

@@ -17,6 +17,11 @@ Two choices keep the compiled kernel reusable for the whole run:
 Each call costs tens of microseconds of Python and guard overhead, so tensors with fewer
 than ``FUSED_MIN_NUMEL`` elements (biases, norm gains), and non-contiguous ones, are left
 to the caller's foreach path (:func:`fusable`; :meth:`FusedKernel.apply` hands them back).
+A kernel built with ``native=`` (a function of :mod:`optarena.optim._native` with the same
+arguments) runs that hand-written C loop instead wherever the tensors allow it (CPU,
+float32, contiguous: :func:`optarena.optim._native.usable`), at any size, since a C call
+costs microseconds; it compiles only for the rest.
+
 If ``torch.compile`` is unavailable or fails (no C++ compiler, an unsupported platform),
 the kernel warns once and from then on hands every tensor back (or, called directly, runs
 the plain function), so a step never half-fails.
@@ -28,6 +33,8 @@ import warnings
 from typing import Any, Callable, Sequence
 
 import torch
+
+from optarena.optim import _native
 
 __all__ = ["FUSED_MIN_NUMEL", "FusedKernel", "fusable", "fused_kernel"]
 
@@ -44,11 +51,13 @@ class FusedKernel:
 
     ``fn`` modifies its tensor arguments in place and may return tensors (reductions);
     float keyword arguments arrive as 0-d float64 tensors, other keywords (bools, ints used
-    as switches) as Python values, on which the compiled code specialises.
+    as switches) as Python values, on which the compiled code specialises. ``native``, if
+    given, is called instead with the same arguments (floats as floats) on the tensors it can take.
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], native: Callable[..., Any] | None = None) -> None:
         self.fn = fn
+        self.native = native
         self.name = fn.__name__
         self._compiled: Callable[..., Any] | None = None
         self.disabled = False
@@ -88,6 +97,8 @@ class FusedKernel:
 
         Returns ``(True, output)``, or ``(False, None)`` when the kernel is off (compilation failed).
         """
+        if self.native is not None and _native.usable(*tensors):
+            return True, self.native(*tensors, **hyper)
         if self.disabled:
             return False, None
         try:
@@ -104,17 +115,22 @@ class FusedKernel:
     def apply(self, tensor_lists: Sequence[list[torch.Tensor]], **hyper: Any) -> tuple[list[torch.Tensor], ...]:
         """Update every large contiguous tensor of the parallel lists with the kernel, on flat views.
 
-        Returns the parallel lists of the tensors it did not update (small, non-contiguous,
-        or all of the rest after a compilation failure) for the caller's foreach path.
+        Returns the parallel lists of the tensors it did not update (non-contiguous, small
+        ones the C loop cannot take, or all of the rest after a compilation failure) for the
+        caller's foreach path.
         """
         rest: tuple[list[torch.Tensor], ...] = tuple([] for _ in tensor_lists)
         for tensors in zip(*tensor_lists):
-            if not fusable(*tensors) or not self.call(*(t.view(-1) for t in tensors), **hyper)[0]:
+            # the C loop takes tensors of any size (a call costs microseconds), the compiled one large tensors
+            takes = (self.native is not None and _native.usable(*tensors)) or fusable(*tensors)
+            if not takes or not self.call(*(t.view(-1) for t in tensors), **hyper)[0]:
                 for out, t in zip(rest, tensors):
                     out.append(t)
         return rest
 
 
-def fused_kernel(fn: Callable[..., Any]) -> FusedKernel:
-    """Decorator: make ``fn`` a :class:`FusedKernel`."""
-    return FusedKernel(fn)
+def fused_kernel(fn: Callable[..., Any] | None = None, *, native: Callable[..., Any] | None = None) -> Any:
+    """Decorator: make ``fn`` a :class:`FusedKernel`; ``@fused_kernel(native=...)`` adds its C loop."""
+    if fn is None:
+        return lambda f: FusedKernel(f, native)
+    return FusedKernel(fn, native)

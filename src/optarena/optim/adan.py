@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from optarena.optim import _native
 from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
 from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -53,8 +54,9 @@ class Adan(torch.optim.Optimizer):
         no_prox: ``False`` (default) decays proximally, ``True`` decoupled like AdamW.
         max_grad_norm: global gradient-norm clipping inside the optimizer; 0 disables (default).
         foreach: use multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: one compiled pass per large tensor (default False; needs ``torch.compile``,
-            compiles at the first step; see :mod:`optarena.optim._fused`).
+        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
+            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
+            tensors (compiles at the first step; :mod:`optarena.optim._fused`).
     """
 
     def __init__(
@@ -191,7 +193,7 @@ def _adan_foreach(
     torch._foreach_copy_(prev_grads, grads)
 
 
-@fused_kernel
+@fused_kernel(native=_native.adan_step)
 def _adan_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, n: torch.Tensor,
                 prev: torch.Tensor, *, b1: torch.Tensor, b2: torch.Tensor, b3: torch.Tensor, size_m: torch.Tensor,
                 size_v: torch.Tensor, eps_scaled: torch.Tensor, decay: torch.Tensor, no_prox: bool) -> None:

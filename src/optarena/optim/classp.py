@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from optarena.optim import _native
 from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure, zeros_state
 from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
@@ -58,8 +59,9 @@ class CLASSP(torch.optim.Optimizer):
         apply_scaling: divide by the accumulated root (default True); False is thresholded SGD.
         include_current: include the current gradient in the accumulator (default False, the paper).
         foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: one compiled pass per large tensor (default False; needs ``torch.compile``,
-            compiles at the first step; see :mod:`optarena.optim._fused`).
+        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
+            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
+            tensors (compiles at the first step; :mod:`optarena.optim._fused`).
     """
 
     def __init__(
@@ -162,7 +164,7 @@ def _classp_foreach(
         accumulate()
 
 
-@fused_kernel
+@fused_kernel(native=_native.classp_step)
 def _classp_fused(p: torch.Tensor, g: torch.Tensor, acc: torch.Tensor, *, lr: torch.Tensor, threshold: torch.Tensor,
                   eps: torch.Tensor, power: torch.Tensor, power_kind: int, apply_scaling: bool,
                   include_current: bool, thresholded: bool) -> None:

@@ -30,8 +30,9 @@ list above is the families named in its abstract and in ALGORITHMS.md.
 One state tensor per parameter (4 bytes/param for float32). Typical lr is 3-10x smaller
 than AdamW's and weight decay 3-10x larger, so ``lr * wd`` stays comparable.
 
-``fused=True`` (sign map only) runs the whole update as one compiled pass per tensor
-(:mod:`optarena.optim._fused`): it reads θ, g, m and writes θ, m once, the least memory
+``fused=True`` (sign map only) runs the whole update as one pass per tensor (a C loop on
+CPU float32, :mod:`optarena.optim._native`; a compiled one elsewhere,
+:mod:`optarena.optim._fused`): it reads θ, g, m and writes θ, m once, the least memory
 traffic the method allows. It computes in float32 or wider and rounds once per stored
 tensor; results agree with the foreach path to rounding.
 """
@@ -43,6 +44,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from optarena.optim import _native
 from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure, zeros_state
 from optarena.optim._fused import fused_kernel
 from optarena.optim.orthogonalize import orthogonalize_many
@@ -62,8 +64,9 @@ class Lion(torch.optim.Optimizer):
         kappa: the direction map, one of ``KAPPAS`` or a callable (default ``"sign"``).
         kappa_eps: ``e`` of the ``"smooth_sign"`` map (> 0).
         foreach: use multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: one compiled pass per large tensor (default False; ``kappa="sign"`` only; needs
-            ``torch.compile``, compiles at the first step).
+        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
+            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
+            tensors (compiles at the first step; :mod:`optarena.optim._fused`); ``kappa="sign"`` only.
     """
 
     def __init__(
@@ -174,7 +177,7 @@ def _lion_foreach(
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
 
 
-@fused_kernel
+@fused_kernel(native=_native.lion_step)
 def _lion_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, *, lr: torch.Tensor, beta1: torch.Tensor,
                 beta2: torch.Tensor, weight_decay: torch.Tensor) -> None:
     update = torch.sign(m * beta1 + g * (1 - beta1))

@@ -72,9 +72,9 @@ class AMSGD(torch.optim.Optimizer):
         beta_max: upper clip of β in [0, 1) (default 0.9).
         weight_decay: L2 penalty added to the gradient (>= 0, default 0).
         foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: for large tensors, one kernel per pass (default False): C kernels on CPU
-            float32 (:mod:`optarena.optim._native`), ``torch.compile`` elsewhere
-            (:mod:`optarena.optim._fused`); compiles at the first step.
+        fused: one kernel per pass (default False): C kernels on CPU float32 tensors of any
+            size (:mod:`optarena.optim._native`), ``torch.compile`` on other large tensors
+            (:mod:`optarena.optim._fused`; compiles at the first step).
 
     ``model_lambda`` and ``beta_max`` are optimizer-wide (β is one number for the model).
     ``last_beta`` holds the β of the latest step (a 0-d tensor).
@@ -117,9 +117,9 @@ class AMSGD(torch.optim.Optimizer):
                     g = g.add(p, alpha=wd) if wd != 0 else g
                     state["momentum_buffer"] = g.clone()
                     p.add_(g, alpha=-group["lr"])
-                elif group.get("fused") and fusable(p, g, state["momentum_buffer"]):
+                elif group.get("fused") and ((native := _native.usable(p, g, state["momentum_buffer"]))  # any size
+                                             or fusable(p, g, state["momentum_buffer"])):
                     flat = (p.view(-1), g.view(-1), state["momentum_buffer"].view(-1))
-                    native = _native.usable(*flat)
                     kernel_work.append((group, native, *flat))
                     if native:
                         sums.append(_native.am_sgd_sums(*flat, weight_decay=float(wd)))
@@ -194,9 +194,9 @@ class AMAdamW(torch.optim.Optimizer):
         eps: added to Adam's denominator (default 1e-8).
         weight_decay: decoupled, multiplied by lr (default 0.01).
         model_lambda: λ of the memory proximal term (default 0.1).
-        fused: two passes per large tensor, the inner products and the update (default
-            False): C kernels on CPU float32 (:mod:`optarena.optim._native`), ``torch.compile``
-            elsewhere; compiles at the first step.
+        fused: two passes per tensor, the inner products and the update (default False): C
+            kernels on CPU float32 tensors of any size (:mod:`optarena.optim._native`),
+            ``torch.compile`` on other large tensors (compiles at the first step).
 
     Updates are per tensor (β needs three reductions per tensor), so there is no foreach flag.
     """
@@ -246,8 +246,12 @@ class AMAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                     state["beta_product"] = torch.ones(
                         (), device=p.device, dtype=torch.promote_types(p.dtype, torch.float32))
-                tensor_step = _am_adamw_fused_tensor if group.get("fused") and fusable(
-                    p, g, state["exp_avg"], state["exp_avg_sq"]) else _am_adamw_tensor
+                tensor_step = _am_adamw_tensor
+                if group.get("fused"):  # C kernels take CPU float32 tensors of any size, compiled ones large tensors
+                    if _native.usable(p, g, state["exp_avg"], state["exp_avg_sq"]):
+                        tensor_step = _am_adamw_native_tensor
+                    elif fusable(p, g, state["exp_avg"], state["exp_avg_sq"]):
+                        tensor_step = _am_adamw_fused_tensor
                 tensor_step(p, g, state["exp_avg"], state["exp_avg_sq"], state["beta_product"], first=first,
                             beta_max=beta_max, beta2=beta2, bc2_sqrt=bc2_sqrt, eps=eps, lr=lr, wd=wd, lam=lam,
                             gap_scale=gap_scale)
@@ -316,18 +320,11 @@ def _am_adamw_fused_tensor(
     p: torch.Tensor, g: torch.Tensor, d: torch.Tensor, v: torch.Tensor, prod: torch.Tensor, *, first: bool,
     beta_max: float, beta2: float, bc2_sqrt: float, eps: float, lr: float, wd: float, lam: float, gap_scale: float,
 ) -> None:
-    """:func:`_am_adamw_tensor` as two passes over flat views (``fused=True``): C kernels on CPU
-    float32 tensors, compiled ones elsewhere."""
+    """:func:`_am_adamw_tensor` as two compiled passes over flat views (``fused=True`` off CPU float32)."""
     flat = (p.view(-1), g.view(-1), d.view(-1), v.view(-1))
-    correction = (1 - beta_max * prod).to(p.dtype)
-    native = _native.usable(*flat)
-    if native:
-        precond = dict(bc2_sqrt=float(bc2_sqrt), eps=float(eps), correction=float(correction), lam=float(lam))
-        sums = _native.am_adamw_sums(*flat, beta2=float(beta2), weight_decay=float(wd), want_sums=not first,
-                                     **precond)
-    else:
-        precond = dict(bc2_sqrt=float(bc2_sqrt), eps=float(eps), correction=correction, lam=float(lam))
-        sums = _am_adamw_sums(*flat, beta2=float(beta2), wd=float(wd), want_sums=not first, **precond)
+    precond = dict(bc2_sqrt=float(bc2_sqrt), eps=float(eps), correction=(1 - beta_max * prod).to(p.dtype),
+                   lam=float(lam))
+    sums = _am_adamw_sums(*flat, beta2=float(beta2), wd=float(wd), want_sums=not first, **precond)
     if first:
         beta = torch.full((), beta_max, device=p.device, dtype=prod.dtype)
     else:
@@ -335,11 +332,29 @@ def _am_adamw_fused_tensor(
         gap, pull, curvature = sums[0] * gap_scale, sums[1], sums[2]
         beta = torch.where(curvature > 0, ((gap - pull) / curvature).clamp(0.0, beta_max),
                            torch.full_like(curvature, beta_max))
-    keep = (1 - beta).to(p.dtype)
-    if native:
-        _native.am_adamw_update(*flat, keep=float(keep), lr=float(lr), weight_decay=float(wd), **precond)
-    else:
-        _am_adamw_update(*flat, keep=keep, lr=float(lr), wd=float(wd), **precond)
+    _am_adamw_update(*flat, keep=(1 - beta).to(p.dtype), lr=float(lr), wd=float(wd), **precond)
+    prod.mul_(beta)
+
+
+def _am_adamw_native_tensor(
+    p: torch.Tensor, g: torch.Tensor, d: torch.Tensor, v: torch.Tensor, prod: torch.Tensor, *, first: bool,
+    beta_max: float, beta2: float, bc2_sqrt: float, eps: float, lr: float, wd: float, lam: float, gap_scale: float,
+) -> None:
+    """:func:`_am_adamw_tensor` with the C kernels (CPU float32, ``fused=True``), β in Python floats.
+
+    Biases and gains take this path too: a kernel call costs microseconds, where the eager
+    step's two dozen small torch ops per tensor cost more than the large tensors' kernels
+    at two threads.
+    """
+    flat = (p.view(-1), g.view(-1), d.view(-1), v.view(-1))
+    precond = dict(bc2_sqrt=float(bc2_sqrt), eps=float(eps), correction=1.0 - beta_max * prod.item(), lam=float(lam))
+    sums = _native.am_adamw_sums(*flat, beta2=float(beta2), weight_decay=float(wd), want_sums=not first, **precond)
+    beta = beta_max
+    if not first:
+        gap, pull, curvature = sums.tolist()
+        if curvature > 0:  # as torch.where(curvature > 0, clamp(...), beta_max): a NaN ratio stays NaN
+            beta = min(max((gap * gap_scale - pull) / curvature, 0.0), beta_max)
+    _native.am_adamw_update(*flat, keep=1.0 - beta, lr=float(lr), weight_decay=float(wd), **precond)
     prod.mul_(beta)
 
 

@@ -31,9 +31,10 @@ State: none on hidden matrices (the figure the registry reports), one buffer on 
 readout, two on vectors.
 
 ``fused=True`` runs the matrix updates of large CPU float32 tensors in C
-(:mod:`optarena.optim._native`): a hidden or readout row is read from memory once, its RMS
-summed, and the row updated from the cache (with the readout's momentum in the same pass);
-an embedding takes two passes (its column RMS needs every row first).
+(:mod:`optarena.optim._native`): each row is read from memory once, its RMS summed while the
+previous row is updated, and it is updated from the cache in the next sweep (with the
+readout's momentum in the same pass); the update multiplies by 1 / RMS where the eager path
+divides (an ulp apart). An embedding takes two passes (its column RMS needs every row first).
 """
 
 from __future__ import annotations

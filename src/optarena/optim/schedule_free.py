@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from optarena.optim import _native
 from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
 from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
@@ -53,8 +54,9 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         r: polynomial weighting of the average (default 0).
         weight_lr_power: weight of ``lr_max`` in the average (default 2).
         foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: one compiled pass per large tensor (default False; needs ``torch.compile``,
-            compiles at the first step; see :mod:`optarena.optim._fused`).
+        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
+            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
+            tensors (compiles at the first step; :mod:`optarena.optim._fused`).
     """
 
     def __init__(
@@ -180,7 +182,7 @@ def _sf_adamw_foreach(
     torch._foreach_sub_(zs, normalized, alpha=lr)
 
 
-@fused_kernel
+@fused_kernel(native=_native.sf_adamw_step)
 def _sf_adamw_fused(y: torch.Tensor, g: torch.Tensor, z: torch.Tensor, v: torch.Tensor, *, lr: torch.Tensor,
                     ckp: torch.Tensor, beta1: torch.Tensor, beta2: torch.Tensor, bc2_sqrt: torch.Tensor,
                     eps: torch.Tensor, weight_decay: torch.Tensor) -> None:

@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from optarena.optim import _native
 from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
 from optarena.optim._fused import fused_kernel
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -189,7 +190,7 @@ def _sophia_foreach(
     torch._foreach_add_(params, ratio, alpha=-lr / rho)
 
 
-@fused_kernel
+@fused_kernel(native=_native.sophia_step)
 def _sophia_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, h: torch.Tensor, *, lr: torch.Tensor,
                   beta1: torch.Tensor, rho: torch.Tensor, weight_decay: torch.Tensor, eps: torch.Tensor) -> None:
     p.mul_(1 - lr * weight_decay)
@@ -211,8 +212,9 @@ class SophiaG(_Sophia):
         hessian_interval: steps between Hessian estimates (default 10).
         batch_size: default ``B`` of ``update_hessian`` (label samples in the estimation loss).
         foreach: multi-tensor update (default True).
-        fused: one compiled pass per large tensor (default False; needs ``torch.compile``,
-            compiles at the first step; see :mod:`optarena.optim._fused`).
+        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
+            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
+            tensors (compiles at the first step; :mod:`optarena.optim._fused`).
     """
 
     _name = "SophiaG"

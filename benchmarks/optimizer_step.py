@@ -15,9 +15,13 @@ one run and on one machine:
   is reported) and for torch's AdamW (foreach, and ``fused=True``) as the baseline;
 - the bandwidth bound: the bytes a step must move at least (read parameters, gradients
   and state, write parameters and state: ``2 P + G + 2 S`` bytes per parameter with the
-  measured state ``S``), divided by this machine's memory bandwidth, measured in the same
-  run with a large in-place add. For matrix optimizers this counts only that elementwise
-  traffic, not their matrix products, so their ratio is not a target.
+  measured state ``S``), divided by this machine's memory bandwidth. The bandwidth is that
+  of an in-place add ``a += b`` over a copy of the same parameter set (12 bytes per
+  parameter), timed in turns with the row's steps (add, step, add, step, ...), so that each
+  row's ratio compares two measurements taken under the same load; the add also evicts the
+  step's data from the caches, as a forward and backward pass would. For matrix optimizers
+  the bound counts only that elementwise traffic, not their matrix products, so their
+  ratio is not a target.
 
 No forward pass is run: the model only supplies parameter shapes and names (so the
 optimizers build their usual parameter groups). Optimizers that need a forward pass
@@ -67,21 +71,23 @@ class ShapeOnlyTransformer(nn.Module):
         self.head = nn.Linear(width, vocab, bias=False)
 
 
-def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
-    """Best-of-n bandwidth of ``a += b`` in bytes/s (reads a and b, writes a: 3 bytes moved per byte of a).
+class BandwidthProbe:
+    """``a += b`` over a copy of the parameter set: the access pattern of an elementwise step.
 
-    An in-place update is the access pattern of an optimizer step (a plain copy pays an
-    extra read of the destination before writing it); the arrays are larger than the
-    caches so this is memory, not cache, bandwidth.
+    It reads two bytes and writes one per byte of ``a`` (12 bytes per float32 parameter);
+    :meth:`__call__` returns its time in seconds.
     """
-    n = megabytes * 2**20 // 4
-    a, b = torch.zeros(n), torch.ones(n)
-    best = math.inf
-    for _ in range(repeats):
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.a = [torch.zeros_like(p) for p in params]
+        self.b = [torch.ones_like(p) for p in params]
+        self.bytes = 3 * sum(p.numel() * p.element_size() for p in params)
+
+    def __call__(self) -> float:
         t0 = time.perf_counter()
-        a.add_(b)
-        best = min(best, time.perf_counter() - t0)
-    return 3 * n * 4 / best
+        for a, b in zip(self.a, self.b):
+            a.add_(b)
+        return time.perf_counter() - t0
 
 
 # Bytes per parameter that a method must read twice because its update needs a reduction over
@@ -108,19 +114,25 @@ class Row:
     median_ms: float | None
     state_bytes: float | None
     traffic_bytes: float | None
+    bandwidth: float | None = None  # bytes/s of the probe timed in turns with this row's steps
     note: str = ""
 
 
 def time_steps(make: Callable[[list[torch.nn.Parameter]], Any], model: nn.Module, grads: list[torch.Tensor],
-               warmup: int, repeats: int, first_step_kwargs: dict[str, Any] | None = None
-               ) -> tuple[float, float, int]:
-    """Best and median ms of optimizer.step(), and the state bytes afterwards; gradients restored untimed."""
+               warmup: int, repeats: int, probe: BandwidthProbe, first_step_kwargs: dict[str, Any] | None = None
+               ) -> tuple[float, float, int, float]:
+    """Best and median ms of optimizer.step(), the state bytes afterwards, and the probe's best bandwidth.
+
+    Each timed step follows one run of the bandwidth probe; gradients are restored untimed.
+    """
     params = list(model.parameters())
     optimizer = make(params)
     if callable(getattr(optimizer, "train", None)):
         optimizer.train()
-    times = []
+    times, probe_times = [], []
     for i in range(warmup + repeats):
+        if i >= warmup:
+            probe_times.append(probe())
         for p, g in zip(params, grads):
             p.grad.copy_(g)
         prepare = getattr(optimizer, "prepare_step", None)
@@ -134,7 +146,7 @@ def time_steps(make: Callable[[list[torch.nn.Parameter]], Any], model: nn.Module
     size = state_bytes(optimizer)
     del optimizer
     gc.collect()
-    return min(times) * 1e3, statistics.median(times) * 1e3, size
+    return min(times) * 1e3, statistics.median(times) * 1e3, size, probe.bytes / min(probe_times)
 
 
 def peers(name: str) -> list[tuple[str, Callable[[list[torch.nn.Parameter]], Any], dict[str, Any] | None]]:
@@ -185,7 +197,7 @@ def run(names: list[str], warmup: int, repeats: int) -> tuple[list[Row], dict[st
     grads = [torch.randn_like(p) for p in params]
     for p in params:
         p.grad = torch.empty_like(p)
-    bandwidth = measure_bandwidth()
+    probe = BandwidthProbe(params)
     param_bytes = sum(p.numel() * p.element_size() for p in params) / n_params
     rows: list[Row] = []
 
@@ -193,9 +205,9 @@ def run(names: list[str], warmup: int, repeats: int) -> tuple[list[Row], dict[st
         with torch.no_grad():
             snapshot = [p.detach().clone() for p in params]
         try:
-            best, median, size = time_steps(make, model, grads, warmup, repeats, first_kwargs)
+            best, median, size, bandwidth = time_steps(make, model, grads, warmup, repeats, probe, first_kwargs)
             per = size / n_params
-            rows.append(Row(label, impl, best, median, per, 3 * param_bytes + 2 * per, note))
+            rows.append(Row(label, impl, best, median, per, 3 * param_bytes + 2 * per, bandwidth, note))
         except Exception as exc:  # one optimizer failing must not stop the table
             rows.append(Row(label, impl, None, None, None, None, f"error: {type(exc).__name__}: {exc}"[:90]))
         with torch.no_grad():  # every run starts from the same parameters
@@ -220,30 +232,32 @@ def run(names: list[str], warmup: int, repeats: int) -> tuple[list[Row], dict[st
             if first == "hessian":
                 first_kwargs = {"hessian": [torch.zeros_like(p) for p in params]}
             record(name, label, make, first_kwargs)
-    info = dict(params=n_params, bandwidth=bandwidth, threads=torch.get_num_threads(), torch=torch.__version__,
+    info = dict(params=n_params, threads=torch.get_num_threads(), torch=torch.__version__,
                 machine=f"{platform.machine()} {platform.processor() or ''}".strip(), warmup=warmup, repeats=repeats)
     return rows, info
 
 
 def to_markdown(rows: list[Row], info: dict[str, Any]) -> str:
-    bw = info["bandwidth"]
+    bandwidths = [r.bandwidth for r in rows if r.bandwidth is not None] or [math.nan]
     fastest_peer: dict[str, float] = {}
     for r in rows:
         if not r.implementation.startswith("optarena") and r.ms is not None and not r.optimizer.startswith("torch"):
             fastest_peer[r.optimizer] = min(fastest_peer.get(r.optimizer, math.inf), r.ms)
     lines = [
         f"{info['params'] / 1e6:.1f}M parameters (fp32), torch {info['torch']}, {info['threads']} threads, "
-        f"{info['machine']}; memory bandwidth (in-place add, best of 5) {bw / 1e9:.1f} GB/s; best and median of "
-        f"{info['repeats']} steps after {info['warmup']} warm-up.",
+        f"{info['machine']}; best and median of {info['repeats']} steps after {info['warmup']} warm-up. Memory "
+        f"bandwidth (in-place add over the parameter set, timed in turns with each row's steps, best per row): "
+        f"{min(bandwidths) / 1e9:.1f}-{max(bandwidths) / 1e9:.1f} GB/s, median {statistics.median(bandwidths) / 1e9:.1f}.",
         "",
-        "| optimizer | implementation | best ms | median ms | state B/param | traffic B/param | bound ms "
+        "| optimizer | implementation | best ms | median ms | state B/param | traffic B/param | GB/s | bound ms "
         "| x bound | x fastest peer | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if r.ms is None:
-            lines.append(f"| {r.optimizer} | {r.implementation} | — | — | — | — | — | — | — | {r.note} |")
+            lines.append(f"| {r.optimizer} | {r.implementation} | — | — | — | — | — | — | — | — | {r.note} |")
             continue
+        bw = r.bandwidth
         bound_ms = r.traffic_bytes * info["params"] / bw * 1e3
         peer = fastest_peer.get(r.optimizer)
         vs_peer = f"{r.ms / peer:.2f}" if peer and r.implementation.startswith("optarena") else ""
@@ -252,7 +266,7 @@ def to_markdown(rows: list[Row], info: dict[str, Any]) -> str:
             two_pass_ms = (r.traffic_bytes + SECOND_READ_BYTES[r.optimizer]) * info["params"] / bw * 1e3
             note = f"two-pass bound (+{SECOND_READ_BYTES[r.optimizer]:.0f} B) {two_pass_ms:.1f} ms: {r.ms / two_pass_ms:.2f}x"
         lines.append(f"| {r.optimizer} | {r.implementation} | {r.ms:.1f} | {r.median_ms:.1f} | {r.state_bytes:.2f} | "
-                     f"{r.traffic_bytes:.1f} | {bound_ms:.1f} | {r.ms / bound_ms:.2f} | {vs_peer} | {note} |")
+                     f"{r.traffic_bytes:.1f} | {bw / 1e9:.1f} | {bound_ms:.1f} | {r.ms / bound_ms:.2f} | {vs_peer} | {note} |")
     return "\n".join(lines) + "\n"
 
 

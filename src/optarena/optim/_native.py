@@ -48,7 +48,7 @@ _SIGNATURES = {
     "optarena_adamp_f32": [_P, _P, _P, _P, _I64, _I64, _D, _D, _D, _D, _D, _D, _INT, _D, _P, _P, _INT],
     "optarena_sgdp_f32": [_P, _P, _P, _I64, _I64, _D, _D, _D, _D, _INT, _D, _P, _P, _INT],
     "optarena_row_rms_f32": [_P, _P, _P, _I64, _I64, _D, _D, _D, _INT],
-    "optarena_col_rms_f32": [_P, _P, _I64, _I64, _D, _D, _P, _INT],
+    "optarena_col_rms_f32": [_P, _P, _I64, _I64, _D, _D, _P, _P, _INT],
     "optarena_am_sgd_sums_f32": [_P, _P, _P, _I64, _D, _P, _P, _INT],
     "optarena_am_sgd_update_f32": [_P, _P, _P, _I64, _D, _D, _D, _INT],
     "optarena_am_adamw_sums_f32": [_P, _P, _P, _P, _I64, _D, _D, _D, _D, _D, _D, _INT, _P, _P, _INT],
@@ -181,8 +181,8 @@ def row_rms_step(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, *, 
 def col_rms_step(p: torch.Tensor, g: torch.Tensor, *, lr: float, decay: float) -> None:
     """θ <- θ (1 - decay) - lr g / max(rms_col(g), 1e-8), RMS over ``dim=0`` of the ``(shape[0], -1)`` view."""
     rows, cols = _rows_cols(p)
-    scratch = torch.empty(cols, dtype=torch.float64)
-    _load().optarena_col_rms_f32(_ptr(p), _ptr(g), rows, cols, lr, decay, _ptr(scratch), _threads())
+    colsq, colf = torch.empty(cols, dtype=torch.float64), torch.empty(cols, dtype=torch.float32)  # scratch
+    _load().optarena_col_rms_f32(_ptr(p), _ptr(g), rows, cols, lr, decay, _ptr(colsq), _ptr(colf), _threads())
 
 
 def _partials(n: int, k: int) -> torch.Tensor:

@@ -180,46 +180,50 @@ void optarena_row_rms_f32(float *p, const float *g, float *buf, int64_t rows, in
     }
 }
 
+#define COL_CHUNK 64 /* rows summed in float32 before a column's sum in double */
+
 /* SCALE on an embedding: the same with the RMS of each column (over the vocabulary). Two passes: the
- * column sums (each thread owns a range of columns, so no partial sums are combined), then the update.
- * colsq: cols doubles of scratch. */
+ * column sums (each thread owns a range of columns, so no partial sums are combined; float32 over
+ * COL_CHUNK rows at a time, then double), then the update, which multiplies by 1 / rms (the eager code
+ * divides: an ulp apart at most). colsq: cols doubles, colf: cols floats of scratch. */
 void optarena_col_rms_f32(float *p, const float *g, int64_t rows, int64_t cols, double lr, double decay,
-                          double *colsq, int threads) {
-    const float keep = (float)(1.0 - decay), step = (float)-lr;
-    const int decayed = decay != 0.0;
+                          double *colsq, float *colf, int threads) {
+    const float keep = (float)(1.0 - decay), step = (float)-lr; /* keep = 1 without decay: exact */
 #pragma omp parallel num_threads(threads)
     {
-#pragma omp for schedule(static)
-        for (int64_t c = 0; c < cols; ++c)
-            colsq[c] = 0.0;
-        /* each thread sweeps all rows over its own slice of columns */
 #ifdef _OPENMP
         const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
 #else
         const int64_t t = 0, nt = 1;
 #endif
         const int64_t c0 = cols * t / nt, c1 = cols * (t + 1) / nt;
-        for (int64_t r = 0; r < rows; ++r) {
-            const float *gr = g + r * cols;
-#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c)
+            colsq[c] = 0.0;
+        for (int64_t r0 = 0; r0 < rows; r0 += COL_CHUNK) { /* each thread sweeps all rows over its columns */
+            const int64_t r1 = r0 + COL_CHUNK < rows ? r0 + COL_CHUNK : rows;
             for (int64_t c = c0; c < c1; ++c)
-                colsq[c] += (double)gr[c] * gr[c];
+                colf[c] = 0.0f;
+            for (int64_t r = r0; r < r1; ++r) {
+                const float *gr = g + r * cols;
+#pragma omp simd
+                for (int64_t c = c0; c < c1; ++c)
+                    colf[c] += gr[c] * gr[c];
+            }
+            for (int64_t c = c0; c < c1; ++c)
+                colsq[c] += colf[c];
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+            const double rms = sqrt(colsq[c] / (double)rows);
+            colf[c] = 1.0f / (float)(rms > 1e-8 ? rms : 1e-8);
         }
 #pragma omp barrier
-#pragma omp for schedule(static)
-        for (int64_t c = 0; c < cols; ++c) {
-            const double rms = sqrt(colsq[c] / (double)rows);
-            colsq[c] = rms > 1e-8 ? rms : 1e-8;
-        }
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
             float *pr = p + r * cols;
             const float *gr = g + r * cols;
 #pragma omp simd
-            for (int64_t c = 0; c < cols; ++c) {
-                const float decayed_p = decayed ? pr[c] * keep : pr[c];
-                pr[c] = decayed_p + step * (gr[c] / (float)colsq[c]);
-            }
+            for (int64_t c = 0; c < cols; ++c)
+                pr[c] = pr[c] * keep + step * (gr[c] * colf[c]);
         }
     }
 }

@@ -71,6 +71,23 @@ def test_small_and_strided_tensors_are_handed_back_untouched() -> None:
     assert rest[0] == [small, strided] and not small.any() and not strided.any()
 
 
+def test_a_native_loop_takes_float32_tensors_of_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused_module._native, "usable", lambda *ts: all(
+        t.dtype == torch.float32 and t.is_contiguous() for t in ts))  # as on a machine with a C compiler
+    native_calls, compiled_calls = [], []
+    kernel = FusedKernel(lambda p, g: compiled_calls.append(p.numel()) or p.add_(g),
+                         native=lambda p, g: native_calls.append(p.numel()) or p.sub_(g))
+    kernel._compiled = kernel.fn  # run eagerly: this test is about the routing
+    small32, big64 = torch.zeros(8), torch.zeros(fused_module.FUSED_MIN_NUMEL, dtype=torch.float64)
+    small64 = torch.zeros(8, dtype=torch.float64)
+    strided = torch.zeros(16, 2)[:, 0]
+    rest = kernel.apply(([small32, big64, small64, strided], [torch.ones_like(t) for t in
+                                                             (small32, big64, small64, strided)]))
+    assert native_calls == [8] and compiled_calls == [fused_module.FUSED_MIN_NUMEL]
+    assert torch.equal(small32, -torch.ones(8)) and torch.equal(big64, torch.ones_like(big64))
+    assert rest[0] == [small64, strided] and not small64.any() and not strided.any()
+
+
 def test_a_failing_compiler_warns_once_and_the_foreach_path_takes_over(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no C++ compiler")

@@ -36,7 +36,7 @@ def clones(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 def eager_cosines(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -75,9 +75,12 @@ def test_sgdp_kernel_is_the_unprojected_step(nesterov: bool) -> None:
     torch.testing.assert_close(cosines, eager_cosines(original["g"], original["p"]), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("nan", [False, True])
 @pytest.mark.parametrize("momentum", [None, 0.9])
-def test_row_rms_kernel_matches_scale_rows(momentum: float | None) -> None:
+def test_row_rms_kernel_matches_scale_rows(momentum: float | None, nan: bool) -> None:
     t = tensors("p", "g", "b")
+    if nan:  # a NaN gradient makes its row NaN, as clamp_min does in the eager code (not a 1e8 step)
+        t["g"][3, 2] = float("nan")
     ref = clones(t)
     if momentum is None:
         _rms_normalize_step(ref["p"], ref["g"], dim=1, lr=0.01, weight_decay=0.1)
@@ -88,15 +91,20 @@ def test_row_rms_kernel_matches_scale_rows(momentum: float | None) -> None:
         native.row_rms_step(t["p"], t["g"], t["b"], weight=1 - momentum, lr=0.01, decay=0.01 * 0.1)
         close(t["b"], ref["b"])
     close(t["p"], ref["p"])
+    assert t["p"][3].isnan().all() == nan and t["p"].isnan().sum() == (COLS if nan else 0)
 
 
-def test_col_rms_kernel_matches_scale_embedding_columns() -> None:
+@pytest.mark.parametrize("nan", [False, True])
+def test_col_rms_kernel_matches_scale_embedding_columns(nan: bool) -> None:
     t = tensors("p", "g")
     t["g"][:, 5] = 0.0  # an all-zero column takes the 1e-8 floor, as in the eager code
+    if nan:
+        t["g"][3, 2] = float("nan")
     ref = clones(t)
     _rms_normalize_step(ref["p"], ref["g"], dim=0, lr=0.01, weight_decay=0.0)
     native.col_rms_step(t["p"], t["g"], lr=0.01, decay=0.0)
     close(t["p"], ref["p"])
+    assert t["p"][:, 2].isnan().all() == nan and t["p"].isnan().sum() == (ROWS if nan else 0)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
@@ -139,7 +147,7 @@ def _elementwise_cases() -> list:
 
     cases = []
     for wd in (0.0, 0.1):
-        cases.append(pytest.param(_lion_fused, "pgm", {}, dict(lr=1e-2, beta1=0.9, beta2=0.99, weight_decay=wd),
+        cases.append(pytest.param(_lion_fused, "pgm", set(), dict(lr=1e-2, beta1=0.9, beta2=0.99, weight_decay=wd),
                                   id=f"lion-wd{wd}"))
     for no_prox in (False, True):
         cases.append(pytest.param(_adan_fused, "pgmvnq", {"n"}, dict(
@@ -161,8 +169,12 @@ def _elementwise_cases() -> list:
 
 @pytest.mark.parametrize(("kernel", "names", "nonnegative", "hyper"), _elementwise_cases())
 def test_elementwise_kernels_match_the_compiled_functions_in_eager_mode(kernel, names: str, nonnegative: set,
-                                                                        hyper: dict) -> None:
+                                                                        hyper: dict,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Each one-pass C kernel against the torch function it stands in for, run eagerly."""
+    calls = []
+    c_loop = kernel.native
+    monkeypatch.setattr(kernel, "native", lambda *ts, **kw: calls.append(len(ts)) or c_loop(*ts, **kw))
     gen = torch.Generator().manual_seed(1)
     t = [torch.randn(ROWS * COLS, generator=gen) for _ in names]
     t = [x.abs() if n in nonnegative else x for n, x in zip(names, t)]
@@ -170,7 +182,7 @@ def test_elementwise_kernels_match_the_compiled_functions_in_eager_mode(kernel, 
     original = t[0].clone()
     kernel.fn(*ref, **hyper)
     ran, _ = kernel.call(*t, **hyper)  # float32 CPU tensors: FusedKernel routes them to the C kernel
-    assert ran and kernel.native is not None
+    assert ran and calls == [len(names)]
     for name, got, want in zip(names, t, ref):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"{kernel.name}: tensor {name!r}")
     assert not torch.equal(t[0], original)  # the parameter moved
@@ -198,12 +210,14 @@ def test_sums_do_not_depend_on_the_thread_count() -> None:
             t = tensors("p", "g", "m", "v")
             flat = {k: v.view(-1) for k, v in t.items()}
             sgd = native.am_sgd_sums(flat["p"], flat["g"], flat["m"], weight_decay=0.0)
+            adamw = native.am_adamw_sums(flat["p"], flat["g"], flat["m"], flat["v"].clone(), beta2=0.99, bc2_sqrt=0.5,
+                                         eps=1e-8, correction=0.9, lam=0.1, weight_decay=0.01, want_sums=True)
             rows = native.adamp_step(t["p"], t["g"], t["m"], t["v"], beta1=0.9, beta2=0.99, bc2_sqrt=0.1, eps=1e-8,
                                      step_size=1e-3, decay=0.0, nesterov=False, test_eps=1e-8)
             native.col_rms_step(t["p"], t["g"], lr=0.1, decay=0.0)
             native.row_rms_step(t["p"], t["g"], t["m"], weight=0.1, lr=0.1, decay=0.01)  # pipelined rows
             native.row_rms_step(t["p"], t["g"], None, weight=0.0, lr=0.1, decay=0.0)
-            results.append((sgd, rows, t["p"], t["m"]))
+            results.append((sgd, adamw, rows, t["p"], t["m"]))
     finally:
         torch.set_num_threads(before)
     for other in results[1:]:

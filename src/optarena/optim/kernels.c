@@ -153,7 +153,7 @@ static inline __attribute__((always_inline)) void scale_rows(float *p, const flo
     float sq = scale_sweep(NULL, NULL, keep, 0.0f, g + r0 * cols, buf ? buf + r0 * cols : NULL, w, cols);
     for (int64_t r = r0; r < r1; ++r) {
         const double rms = sqrt((double)sq / (double)cols);
-        const float step = (float)-lr * (1.0f / (float)(rms > 1e-8 ? rms : 1e-8));
+        const float step = (float)-lr * (1.0f / (float)(rms > 1e-8 || rms != rms ? rms : 1e-8)); /* NaN stays */
         if (r + 1 < r1)
             sq = scale_sweep(p + r * cols, d + r * cols, keep, step, g + (r + 1) * cols,
                              buf ? buf + (r + 1) * cols : NULL, w, cols);
@@ -214,7 +214,7 @@ void optarena_col_rms_f32(float *p, const float *g, int64_t rows, int64_t cols, 
         }
         for (int64_t c = c0; c < c1; ++c) {
             const double rms = sqrt(colsq[c] / (double)rows);
-            colf[c] = 1.0f / (float)(rms > 1e-8 ? rms : 1e-8);
+            colf[c] = 1.0f / (float)(rms > 1e-8 || rms != rms ? rms : 1e-8); /* as clamp_min: NaN stays NaN */
         }
 #pragma omp barrier
 #pragma omp for schedule(static)

@@ -344,7 +344,8 @@ def _am_adamw_native_tensor(
 
     Biases and gains take this path too: a kernel call costs microseconds, where the eager
     step's two dozen small torch ops per tensor cost more than the large tensors' kernels
-    at two threads.
+    at two threads. β, 1 - β and the correction are computed in double here and rounded to
+    float32 once (the eager path rounds each op to float32): rounding-level differences.
     """
     flat = (p.view(-1), g.view(-1), d.view(-1), v.view(-1))
     precond = dict(bc2_sqrt=float(bc2_sqrt), eps=float(eps), correction=1.0 - beta_max * prod.item(), lam=float(lam))

@@ -130,7 +130,9 @@ class AMSGD(torch.optim.Optimizer):
                         lst.append(t)
             blocks = []
             for chunk in group_by_device_dtype(*old):
-                blocks += cache_blocks(chunk) if group["foreach"] else [([p], [g], [d]) for p, g, d in zip(*chunk)]
+                # fixed-size blocks: their sums, and so β, must not depend on the thread count
+                blocks += (cache_blocks(chunk, CPU_BLOCK_NUMEL) if group["foreach"]
+                           else [([p], [g], [d]) for p, g, d in zip(*chunk)])
             for _, gs, ds in blocks:  # pass 1: the two sums β needs, block by block (no model-size temporary)
                 acc = torch.promote_types(gs[0].dtype, torch.float32)
                 diffs = torch._foreach_sub(gs, ds)

@@ -47,6 +47,7 @@ runs_table = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("final_eval_loss", sa.Float, nullable=True),
     sa.Column("final_train_loss", sa.Float, nullable=True),
+    sa.Column("metrics", sa.Text, nullable=True),  # JSON: every final metric the task evaluates (accuracy, ...)
     sa.Column("time_data", sa.Float, nullable=True),
     sa.Column("time_forward_backward", sa.Float, nullable=True),
     sa.Column("time_optimizer", sa.Float, nullable=True),
@@ -126,6 +127,7 @@ class RunRecord:
     error: str | None
     final_eval_loss: float | None
     final_train_loss: float | None
+    metrics: dict[str, float]
     time_data: float | None
     time_forward_backward: float | None
     time_optimizer: float | None
@@ -199,7 +201,8 @@ class ResultStore:
 
     def finish_run(self, run_id: int, *, status: str, diverged_step: int | None = None, error: str | None = None,
                    final_eval_loss: float | None = None, final_train_loss: float | None = None,
-                   timing: dict[str, float] | None = None) -> None:
+                   timing: dict[str, float] | None = None, metrics: dict[str, float] | None = None) -> None:
+        """Record how a run ended; ``metrics`` holds the task's final evaluation (non-finite values become null)."""
         if status not in ("ok", "diverged", "failed"):
             raise ValueError(f"status must be ok, diverged or failed, got {status!r}")
         timing = timing or {}
@@ -209,6 +212,7 @@ class ResultStore:
                     status=status, diverged_step=diverged_step, error=error,
                     final_eval_loss=_finite_or_none(final_eval_loss),
                     final_train_loss=_finite_or_none(final_train_loss),
+                    metrics=json.dumps({k: _finite_or_none(v) for k, v in (metrics or {}).items()}, sort_keys=True),
                     time_data=timing.get("data"), time_forward_backward=timing.get("forward_backward"),
                     time_optimizer=timing.get("optimizer"), time_eval=timing.get("eval"),
                     wall_time=timing.get("wall"), finished_at=_now(),
@@ -317,4 +321,5 @@ def _to_record(row: Any) -> RunRecord:
     data.pop("finished_at", None)
     data["hparams"] = json.loads(data["hparams"])
     data["config"] = json.loads(data["config"])
+    data["metrics"] = json.loads(data["metrics"]) if data.get("metrics") else {}
     return RunRecord(**data)

@@ -145,7 +145,7 @@ def test_predict_command_on_a_store(tmp_path):
     import typer
 
     from optarena.arena.store import CurvePoint, ResultStore, default_storage_url
-    from optarena.commands.predict import curve_arrays, register
+    from optarena.commands.predict import curve_arrays, predict_command
 
     steps, warmup_fraction, base_lr = 400, 0.05, 0.003
     store = ResultStore(default_storage_url(tmp_path))
@@ -172,7 +172,7 @@ def test_predict_command_on_a_store(tmp_path):
     assert np.isfinite(train_loss).sum() == steps - 1
 
     app = typer.Typer()
-    register(app)
+    app.command("predict")(predict_command)
     app.command("noop")(lambda: None)  # a second command keeps "predict" a named subcommand
     runner = typer_testing.CliRunner()
     listing = runner.invoke(app, ["predict", "--out", str(tmp_path)])

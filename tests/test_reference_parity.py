@@ -7,7 +7,8 @@ References: pytorch-optimizer 4.x (``pytorch_optimizer``) for Lion, Adan, AdamP,
 SophiaH and Schedule-Free AdamW; ``torch.optim`` where a method reduces to AdamW or SGD.
 timm is not installed on purpose (it pulls torchvision), so its Lion/Adan/AdamP are not
 compared. Methods without a reference (Lion-κ maps, AM-SGD/AM-AdamW, CLASSP, SCALE's
-normalised rules, SophiaG) are checked against ALGORITHMS.md by hand in test_elementwise.py.
+normalised rules, SophiaG) are checked by hand against their papers' update rules in the
+elementwise optimizer tests.
 
 Achieved max |difference| after 40 steps (parameters of order 1), recorded when written:
 Lion 0, Adan 1e-16 (3e-9 with max_grad_norm: the reference takes the global norm in

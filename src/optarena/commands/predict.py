@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["curve_arrays", "peak_lr", "predict_command", "register", "run_schedule"]
+__all__ = ["curve_arrays", "peak_lr", "predict_command", "run_schedule"]
 
 console = Console()
 
@@ -194,7 +194,3 @@ def predict_command(
     path = plot_predictions(plot or out / "predict.png", plotted,
                             title=f"LR-annealing law fitted on runs {', '.join(map(str, fit_ids))}")
     console.print(f"plot: {path}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("predict")(predict_command)

@@ -30,7 +30,7 @@ def parse_count(flag: str, text: str) -> float:
     return value
 
 
-def _read_fits(path: Path, seq_len: int) -> dict:
+def _read_fits(path: Path) -> dict:
     """Fit every hyperparameter column of a CSV with columns ``params``, ``tokens`` and e.g. ``lr``."""
     from optarena.scaling.rules import fit_hyperparameter_scaling
 
@@ -93,7 +93,7 @@ def suggest_command(
             raise ValueError(f"--base-lr must be a positive number, got {base_lr}")
         if not (math.isfinite(base_weight_decay) and base_weight_decay >= 0):
             raise ValueError(f"--base-weight-decay must be a number >= 0, got {base_weight_decay}")
-        fits = _read_fits(fit, seq_len) if fit is not None else None
+        fits = _read_fits(fit) if fit is not None else None
         rows = suggest(n, d, seq_len=seq_len, batch_size=batch_size, base_width=base_width, width=width,
                        base_lr=base_lr, base_weight_decay=base_weight_decay, wd_exponent=wd_exponent, fits=fits)
     except ValueError as err:

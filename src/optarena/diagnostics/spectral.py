@@ -1,11 +1,11 @@
 """Spectral diagnostics: the top singular value of every matrix, and how it changes with width.
 
 Fan, Liu, Zhao, Yuan, Gu, "Robust Layerwise Scaling Rules by Proper Weight Decay Tuning"
-(arXiv:2510.15262), ALGORITHMS.md §5.3: under AdamW a matrix's singular values scale as
-``sqrt(lr / wd)``, and its top one as ``sqrt(lr / wd) * d^0.75``. Their check that a
-width-scaling rule works is that the top singular values of corresponding matrices match
-across widths after training; :func:`top_singular_values_across_widths` tabulates them
-and :func:`width_spread` reduces each parameter to max / min over widths (1 = matched).
+(arXiv:2510.15262): under AdamW a matrix's singular values scale as ``sqrt(lr / wd)``,
+and its top one as ``sqrt(lr / wd) * d^0.75``. Their check that a width-scaling rule works
+is that the top singular values of corresponding matrices match across widths after training;
+:func:`top_singular_values_across_widths` tabulates them and :func:`width_spread` reduces each
+parameter to max / min over widths (1 = matched).
 """
 
 from __future__ import annotations

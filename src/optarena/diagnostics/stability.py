@@ -2,7 +2,7 @@
 
 Wortsman, Liu, Xiao, Everett, Alemi, Adlam, Co-Reyes, Gur, Kumar, Novak, Pennington,
 Sohl-Dickstein, Xu, Lee, Gilmer, Kornblith, "Small-scale proxies for large-scale Transformer
-training instabilities" (ALGORITHMS.md §5.4):
+training instabilities":
 
 - :func:`lr_sensitivity` — how much the final loss suffers away from the best learning
   rate over a log-spaced sweep: ``mean over lr of (min(loss(lr), l0) - l*)``, with ``l0`` the

@@ -1,7 +1,7 @@
 """Loss-curve prediction with the learning-rate-annealing scaling law.
 
 Tissue, Wang, Wang 2024, "Scaling Law with Learning Rate Annealing" (arXiv:2408.11029).
-ALGORITHMS.md §4.1. The loss after s steps follows
+The loss after s steps follows
 
     L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s)
     S1(s) = sum_{i<=s} eta_i                      forward area
@@ -27,9 +27,8 @@ alpha in {0, 0.4, 0.8}) that assumes its units (absolute lr ~1e-4, losses ~3). W
 normalised units (S1 and S2 divided by their largest fitted values; converted back at the
 end, so any lr unit and loss scale work) and take the starts from a profile over alpha: for
 each alpha on a grid, (L0, A, C) >= 0 solve a linear least-squares problem exactly, and the
-best few alphas start L-BFGS-B. Fewer, better starts: on this project's shared CPUs each
-L-BFGS-B iteration is slow (OpenBLAS threads), so 54+ blind starts took ~20 s.
-When no fitted curve anneals (S2 = 0 everywhere, e.g. a single constant run), C cannot be
+best few alphas start L-BFGS-B: a handful of starts near the optimum instead of the grid's
+54 blind ones. When no fitted curve anneals (S2 = 0 everywhere, e.g. a single constant run), C cannot be
 identified and is fixed at 0.
 """
 

@@ -1,23 +1,22 @@
 """Hyperparameter rules from scale: learning rate, batch size and weight decay from N, D and width.
 
 - **Step Law** — Li et al., "Predictable Scale: Part I — Optimal Hyperparameter Scaling Law
-  in Large Language Model Pretraining" (arXiv:2503.04715), ALGORITHMS.md §4.2:
+  in Large Language Model Pretraining" (arXiv:2503.04715):
   ``lr = 1.79 N^-0.713 D^0.307`` and ``batch = 0.58 D^0.571`` tokens, with ``N`` the
   non-embedding parameters and ``D`` the training tokens.
 - **Power scheduler** — Shen et al., "Power Scheduler: A Batch Size and Token Number
-  Agnostic Learning Rate Scheduler" (arXiv:2408.13359), ALGORITHMS.md §4.3: under WSD and
-  muP the best lr is ``batch * a * tokens^b``, capped at ``max_lr``. Defaults are the
-  PowerLM-3B values a = 4, b = -0.51, max_lr = 0.02, with the batch size counted in
-  sequences (the paper's fit gave a ≈ 4.6); these constants are for muP models and are
-  marked [verify] in ALGORITHMS.md.
+  Agnostic Learning Rate Scheduler" (arXiv:2408.13359): under WSD and muP the best lr
+  is ``batch * a * tokens^b``, capped at ``max_lr``. Defaults are the PowerLM-3B values
+  a = 4, b = -0.51, max_lr = 0.02, with the batch size counted in sequences (the paper's
+  fit gave a ≈ 4.6); the constants are for muP models.
 - **Weight-decay width rule** — Fan, Liu, Zhao, Yuan, Gu, "Robust Layerwise Scaling Rules
-  by Proper Weight Decay Tuning" (arXiv:2510.15262), ALGORITHMS.md §5.3 and the closing
-  note: with muP's ``lr ~ 1/width`` for matrix-like parameters, AdamW's ``weight_decay ~
-  width^0.5`` keeps the top singular values width-invariant. The exponent is a parameter
+  by Proper Weight Decay Tuning" (arXiv:2510.15262): with muP's ``lr ~ 1/width`` for
+  matrix-like parameters, AdamW's ``weight_decay ~ width^0.5`` keeps the top singular
+  values width-invariant. The exponent is a parameter
   (1 gives the ``mup`` package's fixed ``lr * wd``, 0 a fixed ``wd``).
 - **Our own fit** — ``h = A N^B D^C + E`` over measured optima, the method of Wen, Hall,
-  Ma, Liang, "Fantastic Pretraining Optimizers and Where to Find Them" (arXiv:2509.02046,
-  ARENA.md §2.2): :func:`fit_hyperparameter_scaling`.
+  Ma, Liang, "Fantastic Pretraining Optimizers and Where to Find Them" (arXiv:2509.02046):
+  :func:`fit_hyperparameter_scaling`.
 
 :func:`suggest` puts them side by side (``optarena suggest``).
 """

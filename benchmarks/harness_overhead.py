@@ -4,16 +4,15 @@ All loops do the same work: the same model and batches (``lm`` tiny, seed 0), Ad
 the registry defaults and parameter groups, the cosine schedule with 5% warmup through the
 same ``LambdaLR``, global-norm clipping at 1.0, ``zero_grad(set_to_none=True)``. The bare
 loop is what one would write by hand: batch, forward, backward, clip, step, zero_grad,
-schedule, nothing else (plus the step-0 evaluation the trainer also does, untimed: without
-it the bare loop measured ~8-12% *slower* than the trainer, apparently an allocator-state
-effect of that evaluation's large no-grad batches). ``trainer`` is :func:`optarena.arena.trainer.train` with no store:
-its per-step bookkeeping (loss ``.item()``, divergence check, timing, curve points,
+schedule, nothing else, plus the step-0 evaluation the trainer also does (untimed), so that
+both loops start from the same allocator state after that evaluation's large no-grad
+batches. ``trainer`` is :func:`optarena.arena.trainer.train` with no store: its per-step bookkeeping (loss ``.item()``, divergence check, timing, curve points,
 optimizer hooks). ``trainer, arena path`` adds what ``optarena arena`` adds around it: a
 SQLite results store, a checkpoint (model, optimizer, schedule) every ``steps // 8`` steps
 (the arena saves one at each of its 8 evaluations), and a callback every step (the arena's
-progress bar and claim heartbeat). Curves reach the store at evaluations, here only at the
+progress bar and heartbeat). Curves reach the store at evaluations, here only at the
 end, outside the timed window; in the arena that is one insert of ``steps // 8`` rows per
-evaluation, milliseconds per run.
+evaluation.
 
 **Evaluation is excluded from all loops**: each is timed from the end of step 1 to the end
 of step ``steps - 1`` (setup, the first step and the evaluations at step 0 and at the end
@@ -21,7 +20,7 @@ fall outside; the trainer evaluates nowhere else here). Two clocks: wall time, a
 process's CPU time, which on a shared machine is the steadier of the two (one thread, so
 CPU seconds are the work done). Loops are interleaved (the order rotates each repeat) and
 repeated; the best repeat (the least disturbed, as ``timeit`` takes) and the median are
-reported, ratios from the best: on the shared machine medians swung by +-10% between runs.
+reported, ratios from the best (on a shared machine the medians move between runs).
 All loops end at bit-identical training losses, which checks that they did the same work.
 Usage::
 
@@ -97,7 +96,7 @@ def trainer_loop(steps: int, lr: float, window: Callable[[int, int], None], aren
         progress = []
 
         def on_step(done: int, total: int) -> None:
-            progress.append(done)  # stands for the CLI's progress bar and the claim heartbeat
+            progress.append(done)  # stands for the CLI's progress bar and the heartbeat
             window(done, total)
 
         result = train(config, ResultStore(f"sqlite:///{arena_dir}/results.db"), checkpoint_dir=f"{arena_dir}/ckpt",

@@ -17,7 +17,8 @@ Last, the optimizer-state bytes per parameter actually allocated.
 
 Usage::
 
-    python benchmarks/muon_step.py                 # ~2 minutes on a 2-core CPU
+    python benchmarks/muon_step.py
+    python benchmarks/muon_step.py --steps 12 --warmup 2
     python benchmarks/muon_step.py --steps 10 --fp32
 """
 
@@ -210,7 +211,7 @@ def main() -> None:
     makers = contenders(args)
     fast = {n: m for n, m in makers.items() if "fp32" not in n}
     results = time_round_robin(fast, base, args.steps, args.warmup)
-    if len(fast) < len(makers):  # the fp32 rows are ~10x slower on CPUs with native bf16: fewer steps
+    if len(fast) < len(makers):  # the fp32 rows are far slower on CPUs with native bf16: fewer steps
         results.update(time_round_robin({n: m for n, m in makers.items() if n not in fast}, base, 2, 1))
     reference = min(results["optarena muon"])
     for name, times in results.items():

@@ -8,9 +8,9 @@ one run and on one machine:
   cost on a shared machine), with random gradients restored before each step outside
   the timer (some peers modify gradients in place);
 - the optimizer state in bytes per parameter (every tensor in ``optimizer.state``);
-- the same with ``fused=True`` where the optimizer has it (one compiled kernel per large
-  tensor, see ``optarena.optim._fused``, or C kernels, ``optarena.optim._native``; the
-  compilation falls in the warm-up steps);
+- the same with ``fused=True`` where the optimizer has it (one pass per tensor: a C loop on
+  CPU float32, a compiled kernel on other devices and dtypes; building or compiling falls
+  in the warm-up steps);
 - the same for the same method in pytorch-optimizer (foreach and per-tensor, the faster
   is reported) and for torch's AdamW (foreach, and ``fused=True``) as the baseline;
 - the bandwidth bound: the bytes a step must move at least (read parameters, gradients
@@ -22,7 +22,7 @@ one run and on one machine:
   row's ratio compares two measurements taken under the same load; the add also evicts the
   step's data from the caches, as a forward and backward pass would. For matrix optimizers
   the bound counts only that elementwise traffic, not their matrix products, so their
-  ratio is not a target.
+  ratio is no measure of efficiency.
 
 No forward pass is run: the model only supplies parameter shapes and names (so the
 optimizers build their usual parameter groups). Optimizers that need a forward pass

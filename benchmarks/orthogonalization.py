@@ -14,7 +14,7 @@ same seed and data, and prints both validation losses: does training quality hol
 
 Usage::
 
-    python benchmarks/orthogonalization.py            # ~1 minute on a 2-core CPU
+    python benchmarks/orthogonalization.py
     python benchmarks/orthogonalization.py --train --train-steps 200
 """
 

@@ -1,9 +1,10 @@
-"""Issue 6 study: does the optimal learning rate transfer across width under muP?
+"""Does the optimal learning rate transfer across width under muP?
 
 1. Learning-rate sweeps (factor-2 grid) of AdamW and Muon on ``lm`` at three widths (x4 range),
    standard parametrisation vs muP (base = the smallest width); reports each width's optimal lr
    and the drift of the optimum across widths in grid steps.
-2. Wortsman et al.'s LR sensitivity of AdamW with and without qk-layernorm + z-loss (1e-4).
+2. The LR sensitivity of Wortsman et al. (arXiv:2309.14322) of AdamW with and without qk-layernorm
+   + z-loss (1e-4).
 
 Every run goes through the arena's trainer and a results database, so an interrupted study
 resumes where it stopped. Writes a markdown summary and PNG plots into ``--out``.

@@ -6,13 +6,13 @@ same ``LambdaLR``, global-norm clipping at 1.0, ``zero_grad(set_to_none=True)``.
 loop is what one would write by hand: batch, forward, backward, clip, step, zero_grad,
 schedule, nothing else, plus the step-0 evaluation the trainer also does (untimed), so that
 both loops start from the same allocator state after that evaluation's large no-grad
-batches. ``trainer`` is :func:`optarena.arena.trainer.train` with no store: its per-step bookkeeping (loss ``.item()``, divergence check, timing, curve points,
-optimizer hooks). ``trainer, arena path`` adds what ``optarena arena`` adds around it: a
-SQLite results store, a checkpoint (model, optimizer, schedule) every ``steps // 8`` steps
-(the arena saves one at each of its 8 evaluations), and a callback every step (the arena's
-progress bar and heartbeat). Curves reach the store at evaluations, here only at the
-end, outside the timed window; in the arena that is one insert of ``steps // 8`` rows per
-evaluation.
+batches. ``trainer`` is :func:`optarena.arena.trainer.train` with no store: its per-step
+bookkeeping (loss ``.item()``, divergence check, timing, curve points, optimizer hooks).
+``trainer, arena path`` adds what ``optarena arena`` adds around it: a SQLite results
+store, a checkpoint (model, optimizer, schedule) every ``steps // 8`` steps (the arena
+saves one at each of its 8 evaluations), and a callback every step (the arena's progress
+bar and heartbeat). Curves reach the store at evaluations, here only at the end, outside
+the timed window; in the arena that is one insert of ``steps // 8`` rows per evaluation.
 
 **Evaluation is excluded from all loops**: each is timed from the end of step 1 to the end
 of step ``steps - 1`` (setup, the first step and the evaluations at step 0 and at the end

@@ -8,20 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from optarena.arena.workloads.lm_mup import mup_lm_config, mup_lm_init_
 from optarena.optim import create_optimizer
-from optarena.scaling.mup import (
-    apply_mup,
-    base_shapes,
-    coord_check,
-    create_mup_optimizer,
-    mup_attention_scale,
-    mup_lm_config,
-    mup_lm_init_,
-    mup_param_groups,
-    mup_plan,
-    optimizer_family,
-    plot_coord_check,
-)
+from optarena.scaling.coord_check import coord_check, plot_coord_check
+from optarena.scaling.mup import apply_mup, create_mup_optimizer, mup_attention_scale, mup_param_groups
+from optarena.scaling.mup_plan import base_shapes, mup_plan, optimizer_family
 
 
 class MLP(nn.Module):

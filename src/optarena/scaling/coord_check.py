@@ -135,8 +135,8 @@ def coord_check(
     (``t = 0`` is the init). With ``parametrization="mup"`` the base is
     ``build_model(base_width)`` (default: the smallest width), :func:`apply_mup` is applied
     unless ``apply_multipliers=False`` (for models that build their own muP, like ``lm``
-    with :func:`~optarena.arena.workloads.lm_mup.mup_lm_config`), and the optimizer comes from :func:`create_mup_optimizer`;
-    ``zero_readout`` zeroes the readout at init (the network output then starts at 0
+    with :func:`~optarena.arena.workloads.lm_mup.mup_lm_config`), and the optimizer comes
+    from :func:`create_mup_optimizer`; ``zero_readout`` zeroes the readout at init (the network output then starts at 0
     instead of shrinking as width^-1/2, which otherwise tilts the output's curve early on).
     ``include`` is a regular expression on module names (root = ``"<model>"``).
     """

@@ -9,7 +9,10 @@ optimizer needs from the loop beyond ``backward()`` and ``step()`` it declares t
 
 Curve convention: the point at ``step = s`` is logged after ``s`` updates; its
 ``train_loss`` is the loss of the batch the ``s``-th update used, its ``eval_loss`` the
-validation loss after that update. Step 0 holds the evaluation at initialisation.
+validation loss after that update. Step 0 holds the evaluation at initialisation. The
+task's ``forward_stats`` (``lm``'s attention and logit scales) are logged with each step;
+its final ``evaluate`` metrics (``"loss"``, and ``"accuracy"`` where the task measures it)
+are stored with the run and returned in :attr:`RunResult.metrics`.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def train_check(steps: int, d_model: int) -> None:
             start = time.perf_counter()
             opt.step()
             spent += time.perf_counter() - start
-        print(f"| {method} | {task.evaluate(task.model):.4f} | {spent:.1f} |")
+        print(f"| {method} | {task.evaluate(task.model)['loss']:.4f} | {spent:.1f} |")
 
 
 def main() -> None:

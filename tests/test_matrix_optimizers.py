@@ -501,7 +501,7 @@ def test_every_family_member_trains_the_lm_workload(name):
     from optarena.arena.workloads.lm import LMWorkload
 
     task = LMWorkload().build("tiny", seed=0, batch_size=16, seq_len=32, eval_windows=64)
-    start = task.evaluate(task.model)
+    start = task.evaluate(task.model)["loss"]
     opt = create_optimizer(name, task.model)
     for step in range(60):
         if hasattr(opt, "prepare_step"):
@@ -512,5 +512,5 @@ def test_every_family_member_trains_the_lm_workload(name):
         opt.step()
         if hasattr(opt, "observe_loss"):
             opt.observe_loss(loss.detach())
-    end = task.evaluate(task.model)
+    end = task.evaluate(task.model)["loss"]
     assert end < start - 1.5, (start, end)

@@ -1,4 +1,4 @@
-"""muP multipliers against hand-computed values, parameter groups, init, readout, coordinate check, lm."""
+"""muP multipliers against hand-computed values, parameter groups, init and the readout multiplier."""
 
 from __future__ import annotations
 
@@ -9,19 +9,8 @@ import torch
 from torch import nn
 
 from optarena.optim import create_optimizer
-from optarena.scaling.mup import (
-    apply_mup,
-    base_shapes,
-    coord_check,
-    create_mup_optimizer,
-    mup_attention_scale,
-    mup_lm_config,
-    mup_lm_init_,
-    mup_param_groups,
-    mup_plan,
-    optimizer_family,
-    plot_coord_check,
-)
+from optarena.scaling.mup import apply_mup, create_mup_optimizer, mup_attention_scale, mup_param_groups
+from optarena.scaling.mup_plan import base_shapes, mup_plan, optimizer_family
 
 
 class MLP(nn.Module):
@@ -244,107 +233,3 @@ def test_bad_inputs_give_clear_errors():
 def test_attention_scale():
     assert mup_attention_scale(64, 64) == pytest.approx(1 / 8)  # 1/sqrt(d) at the base
     assert mup_attention_scale(256, 64) == pytest.approx(8 / 256)  # then ~1/d: mup's 8/d
-
-
-# ---------------------------------------------------------------------------- coordinate check
-
-
-def _batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(64, 16, generator=g), torch.randint(0, 4, (64,), generator=g)) for _ in range(steps)]
-
-
-def _mlp(width: int) -> nn.Module:
-    return MLP(width, d_in=16, d_out=4)
-
-
-def test_coord_check_table_shape_and_plot(tmp_path):
-    result = coord_check(_mlp, [16, 32, 64], _batches(3), steps=3, lr=1e-2, seeds=(0, 1))
-    modules = ["inp", "hid", "head", "<model>"]
-    assert result.modules == modules and result.widths == [16, 32, 64] and result.steps == [0, 1, 2]
-    assert len(result.records) == 3 * 3 * len(modules) * 2
-    assert len(result.mean_l1()) == 3 * 3 * len(modules)
-    assert set(result.slopes()) == {(m, s) for m in modules for s in range(3)}
-    row = result.to_rows()[0]
-    assert set(row) == {"parametrization", "width", "step", "module", "l1", "seed"}
-    path = plot_coord_check([result], str(tmp_path / "cc.png"))
-    assert (tmp_path / "cc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.endswith("cc.png")
-    only = coord_check(_mlp, [16, 32], _batches(2), steps=2, include=r"^hid$", parametrization="standard")
-    assert only.modules == ["hid"]
-    with pytest.raises(ValueError, match="batches"):
-        coord_check(_mlp, [16, 32], _batches(1), steps=2)
-
-
-def test_coord_check_is_flat_under_mup_and_grows_under_standard_adam():
-    # Measured (widths 64..512, Adam lr 1e-2, 4 steps): standard: hid slope 0.53 -> 0.77 and output
-    # slope 1.0-1.2 after the first updates; muP: |hid slope| <= 0.03 at every step, output -0.16 -> -0.1.
-    kwargs = dict(steps=4, optimizer="adamw", lr=1e-2, weight_decay=0.0)
-    standard = coord_check(_mlp, [64, 128, 256, 512], _batches(4), parametrization="standard", **kwargs).slopes()
-    mup = coord_check(_mlp, [64, 128, 256, 512], _batches(4), parametrization="mup", **kwargs).slopes()
-    assert standard[("hid", 3)] > 0.4 and standard[("<model>", 3)] > 0.6
-    assert all(abs(mup[("hid", s)]) < 0.15 for s in range(4))
-    assert abs(mup[("<model>", 3)]) < 0.3
-
-
-# ---------------------------------------------------------------------------- lm workload
-
-
-def test_mup_lm_config_and_init():
-    from optarena.arena.workloads.lm import ByteTransformer, LMConfig
-
-    overrides = mup_lm_config(64, 256)
-    assert overrides == {"d_model": 256, "output_mult": 0.25, "attn_scale": "mup"}
-    assert mup_lm_config(64, 256, output_mult=2.0, attn_scale="sqrt")["output_mult"] == pytest.approx(0.5)
-    torch.manual_seed(0)
-    model = ByteTransformer(LMConfig(n_layer=1, **overrides))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    plan = mup_lm_init_(model, 64)
-    after = dict(model.named_parameters())
-    for name in ("blocks.0.attn.q.weight", "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"):
-        assert torch.allclose(after[name], before[name] * 0.5)  # lm's constant std -> x sqrt(64/256)
-    for name in ("wte.weight", "wpe.weight", "lm_head.weight"):
-        assert torch.equal(after[name], before[name])  # output_mult carries the readout's 1/width
-    groups = create_mup_optimizer("adamw", model, plan, lr=1e-2, weight_decay=0.1).param_groups
-    lr = {n: (g["lr"], g["weight_decay"]) for g in groups for n in g["param_names"]}
-    assert lr["blocks.0.attn.k.weight"] == pytest.approx((2.5e-3, 0.2))
-    assert lr["lm_head.weight"] == pytest.approx((1e-2, 0.1)) and lr["wte.weight"] == pytest.approx((1e-2, 0.1))
-    assert lr["blocks.0.norm1.weight"] == pytest.approx((1e-2, 0.0))
-    with pytest.raises(ValueError, match="already applied"):
-        mup_lm_init_(model, 64)
-    with pytest.raises(ValueError, match="base_width must be a multiple of head_dim"):
-        mup_lm_init_(ByteTransformer(LMConfig(n_layer=1, d_model=64)), 40)
-
-
-def test_mup_lm_init_handles_swiglu_and_tied_embeddings():
-    from optarena.arena.workloads.lm import ByteTransformer, LMConfig
-
-    model = ByteTransformer(LMConfig(n_layer=1, mlp="swiglu", tie_embeddings=True, **mup_lm_config(64, 256)))
-    plan = mup_lm_init_(model, 64)
-    rows = {r["name"]: r for r in plan.rows("adam")}
-    assert rows["blocks.0.mlp.proj.weight"]["lr_mult"] == pytest.approx(168 / 680)  # SwiGLU hidden 168 -> 680
-    assert plan.readout_modules == {"lm_head": 0.25} and rows["wte.weight"]["lr_mult"] == 1.0
-
-
-def test_lm_coord_check_runs():
-    from optarena.commands.coord_check import lm_coord_check
-
-    result = lm_coord_check([16, 32], parametrization="mup", steps=2, n_layer=1, include=r"^(blocks\.0|<model>)$")
-    assert result.modules == ["blocks.0", "<model>"] and result.widths == [16, 32] and len(result.records) == 8
-    with pytest.raises(ValueError, match="multiples of head_dim"):
-        lm_coord_check([24, 32], parametrization="mup")
-
-
-def test_coord_check_cli_writes_png_and_csv(tmp_path):
-    from typer.testing import CliRunner
-
-    from optarena.cli import app
-
-    png, table = tmp_path / "cc.png", tmp_path / "cc.csv"
-    result = CliRunner().invoke(app, ["coord-check", "--widths", "16,32", "--steps", "2", "--n-layer", "1",
-                                      "--include", r"^(blocks\.0|<model>)$", "--out", str(png), "--csv", str(table)],
-                                env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    assert png.read_bytes()[:4] == b"\x89PNG" and "standard" in result.output and "mup" in result.output
-    assert len(table.read_text().strip().splitlines()) == 1 + 2 * 2 * 2 * 2  # header + param x width x step x module
-    bad = CliRunner().invoke(app, ["coord-check", "--widths", "16", "--out", str(png)])
-    assert bad.exit_code == 2 and "at least two widths" in bad.output

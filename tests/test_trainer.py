@@ -181,3 +181,15 @@ def test_no_clipping_records_the_same_norms_and_trajectory_as_a_clip_never_reach
     assert [(p.train_loss, p.grad_norm) for p in unclipped.curve] == [
         (p.train_loss, p.grad_norm) for p in never_reached.curve]
     assert unclipped.curve[1].grad_norm > 1.0
+
+
+def test_final_metrics_are_recorded_and_reused(store):
+    config = _config(workload="digits", scale="small", hparams={"lr": 3e-3}, steps=20, eval_every=10)
+    result = train(config, store)
+    assert result.status == "ok", result.error
+    assert set(result.metrics) == {"loss", "accuracy"} and 0.5 < result.metrics["accuracy"] <= 1.0
+    assert result.metrics["loss"] == result.final_eval_loss == result.curve[-1].eval_loss
+    assert store.get_run(config.key()).metrics == result.metrics
+    assert train(config, store).metrics == result.metrics  # a reused run reads them from the store
+    exploding = _config(optimizer="sgd", hparams={"lr": 50.0, "momentum": 0.9})
+    assert train(exploding, store).metrics == {} and store.get_run(exploding.key()).metrics == {}

@@ -112,11 +112,11 @@ def test_quadratic_closed_form_matches_monte_carlo():
         hessian = task.model.hessian.double()
         per_example = 0.5 * ((diff @ hessian) * diff).sum(-1)
     standard_error = float(per_example.std()) / math.sqrt(per_example.numel())
-    assert abs(float(per_example.mean()) - task.evaluate(task.model)) < 4 * standard_error
+    assert abs(float(per_example.mean()) - task.evaluate(task.model)["loss"]) < 4 * standard_error
     # The floor is the noise term alone.
     with torch.no_grad():
         task.model.theta.zero_()
-    assert task.evaluate(task.model) == pytest.approx(task.info["optimum_loss"])
+    assert task.evaluate(task.model)["loss"] == pytest.approx(task.info["optimum_loss"])
 
 
 def test_quadratic_adamw_lowers_the_excess_loss():
@@ -124,13 +124,13 @@ def test_quadratic_adamw_lowers_the_excess_loss():
     workload = get_workload("quadratic")
     task = workload.build("default", 0)
     floor = task.info["optimum_loss"]
-    start = task.evaluate(task.model) - floor
+    start = task.evaluate(task.model)["loss"] - floor
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=0.03, weight_decay=0.0)
     for step in range(workload.default_steps("default")):
         optimizer.zero_grad()
         task.loss(task.model, task.train_batch(step)).backward()
         optimizer.step()
-    assert task.evaluate(task.model) - floor < 0.03 * start
+    assert task.evaluate(task.model)["loss"] - floor < 0.03 * start
 
 
 # ----------------------------------------------------------------------------- lm data
@@ -193,7 +193,7 @@ def test_train_and_validation_are_disjoint_by_construction(monkeypatch):
     starts = {bytes(corpus.train.tolist()).find(bytes(w.tolist())) for w in windows}
     assert max(starts) == corpus.train.numel() - 9  # the last valid start is drawn, none beyond
     recorder = _Recorder()
-    assert task.evaluate(recorder) == pytest.approx(math.log(VOCAB_SIZE))
+    assert task.evaluate(recorder)["loss"] == pytest.approx(math.log(VOCAB_SIZE))
     seen = torch.cat(recorder.seen)
     assert seen.shape == (5, 8) and int(seen.min()) >= 128
 
@@ -204,11 +204,11 @@ def test_train_and_validation_are_disjoint_by_construction(monkeypatch):
 def test_evaluate_is_deterministic_and_restores_mode():
     task = lm_task(0)
     task.model.train()
-    first = task.evaluate(task.model)
+    first = task.evaluate(task.model)["loss"]
     assert task.model.training
-    assert task.evaluate(task.model) == first
-    assert lm_task(0).evaluate(lm_task(0).model) == first  # same seed, same init
-    assert lm_task(1).evaluate(lm_task(1).model) != first
+    assert task.evaluate(task.model)["loss"] == first
+    assert lm_task(0).evaluate(lm_task(0).model)["loss"] == first  # same seed, same init
+    assert lm_task(1).evaluate(lm_task(1).model)["loss"] != first
     assert first == pytest.approx(math.log(VOCAB_SIZE), abs=0.05)  # near-uniform at init
 
 
@@ -239,7 +239,7 @@ def test_every_option_runs_forward_and_backward(overrides):
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
     sampled = task.sampled_loss(task.model, task.train_batch(0))
     assert sampled.requires_grad and torch.isfinite(sampled)
-    assert math.isfinite(task.evaluate(task.model))
+    assert math.isfinite(task.evaluate(task.model)["loss"])
 
 
 def test_swiglu_width_and_head_count():
@@ -306,7 +306,8 @@ def test_track_stats_records_attention_and_logit_scale():
     before = dict(model.stats)
     task.evaluate(model)
     assert model.stats == before
-    assert lm_task().model.stats == {}
+    assert task.forward_stats(model) == before  # what the trainer logs with the step
+    assert lm_task().model.stats == {} and lm_task().forward_stats is None
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -355,7 +356,7 @@ def test_adamw_training_on_tiny_lowers_the_validation_loss():
     # Measured (seed 0, 60 steps of AdamW lr 3e-3 with 10 warmup steps): 5.555 -> 2.645 nats/byte
     # (seeds 1 and 2: 2.65 and 3.36; the escape from the ~2.5 bigram plateau varies).
     task = get_workload("lm").build("tiny", 0)
-    start = task.evaluate(task.model)
+    start = task.evaluate(task.model)["loss"]
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10))
     for step in range(60):
@@ -364,4 +365,4 @@ def test_adamw_training_on_tiny_lowers_the_validation_loss():
         optimizer.step()
         schedule.step()
     assert start == pytest.approx(math.log(VOCAB_SIZE), abs=0.05)
-    assert task.evaluate(task.model) < start - 2.0
+    assert task.evaluate(task.model)["loss"] < start - 2.0

@@ -3,7 +3,7 @@
 Averaging can stand in for learning-rate decay: Sanyal et al., "Early Weight Averaging meets
 High Learning Rates for LLM Pre-training" (arXiv:2306.03241); Hägele et al., "Scaling Laws and
 Compute-Optimal Training beyond Fixed Training Durations" (arXiv:2405.18392). The trainer calls
-:meth:`WeightAverager.update` after every step, :meth:`snapshot` at every checkpoint interval and
+:meth:`WeightAverager.update` after every step, :meth:`snapshot` before every evaluation and
 evaluates inside :meth:`swapped_in`.
 """
 

@@ -1,14 +1,18 @@
-"""THE training loop of the arena: one run of one optimizer on one workload.
+"""The training loop of the arena: one run of one optimizer on one workload.
 
-Read it top to bottom like nanoGPT's ``train.py``: build the task, the optimizer and the
-schedule; then per step get the batch, forward+backward, check for divergence, clip,
-step, schedule, log; evaluate every ``eval_every`` steps and at the end; checkpoint so a
-killed run resumes exactly. Optimizer hooks (``prepare_step``, ``observe_loss``,
-``hessian_step_due``/``update_hessian``, ``train``/``eval``) are called when an optimizer defines them.
+:func:`train` builds the task, the optimizer and the schedule (:meth:`_Run.build`), resumes
+from a checkpoint if there is one, and runs :func:`_loop`: per step get the batch,
+forward+backward, check for divergence, clip, step, schedule, log; evaluate every
+``eval_every`` steps and at the end; checkpoint so a killed run resumes exactly. What an
+optimizer needs from the loop beyond ``backward()`` and ``step()`` it declares through
+:class:`optarena.optim.hooks.TrainingHooks`.
 
 Curve convention: the point at ``step = s`` is logged after ``s`` updates; its
 ``train_loss`` is the loss of the batch the ``s``-th update used, its ``eval_loss`` the
-validation loss after that update. Step 0 holds the evaluation at initialisation.
+validation loss after that update. Step 0 holds the evaluation at initialisation. The
+task's ``forward_stats`` (``lm``'s attention and logit scales) are logged with each step;
+its final ``evaluate`` metrics (``"loss"``, and ``"accuracy"`` where the task measures it)
+are stored with the run and returned in :attr:`RunResult.metrics`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -31,8 +35,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import optarena
 from optarena.arena.averaging import WeightAverager
 from optarena.arena.store import CurvePoint, ResultStore
-from optarena.arena.workloads import get_workload
+from optarena.arena.workloads import Task, get_workload
+from optarena.arena.workloads.base import MupWorkload, Workload
 from optarena.optim import create_optimizer, get_spec
+from optarena.optim.hooks import hooks_of
 from optarena.schedules import SCHEDULES, as_lambda_lr, make_schedule
 
 __all__ = ["RunConfig", "RunResult", "train"]
@@ -92,42 +98,7 @@ class RunResult:
     timing: dict[str, float] = field(default_factory=dict)
     curve: list[CurvePoint] = field(default_factory=list)
     reused: bool = False
-
-
-def _versions() -> dict[str, str]:
-    return {"optarena": optarena.__version__, "torch": torch.__version__}
-
-
-def _checkpoint_path(checkpoint_dir: Path, key: str) -> Path:
-    return checkpoint_dir / f"{key}.pt"
-
-
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
-
-
-def _build_mup(workload: Any, config: RunConfig) -> tuple[Any, torch.optim.Optimizer]:
-    """Build a muP model and optimizer (Yang et al., Tensor Programs V, arXiv:2203.03466) for width workloads."""
-    from optarena.scaling.mup import create_mup_optimizer, mup_lm_config, mup_lm_init_
-
-    if not callable(getattr(workload, "config", None)) or not hasattr(workload.config(config.scale), "d_model"):
-        raise ValueError(f"parametrization='mup' needs a workload with a width (d_model), like 'lm'; "
-                         f"got workload {config.workload!r}")
-    options = dict(config.workload_options)
-    width = workload.config(config.scale, **options).d_model
-    base_width = config.mup_base_width or workload.config(workload.scales[0]).d_model
-    options.update(mup_lm_config(base_width, width))
-    task = workload.build(config.scale, config.seed, **options)
-    plan = mup_lm_init_(task.model, base_width)
-    return task, create_mup_optimizer(config.optimizer, task.model, plan, **config.hparams)
-
-
-def _call_optional(obj: Any, name: str) -> None:
-    method = getattr(obj, name, None)
-    if callable(method):
-        method()
+    metrics: dict[str, float] = field(default_factory=dict)  # the final evaluation (ok runs): "loss", ...
 
 
 def train(
@@ -146,185 +117,311 @@ def train(
     evaluation) and resumes from its last checkpoint; the checkpoint is removed when the run ends.
     """
     key = config.key()
-    if store is not None:
-        previous = store.get_run(key)
-        if previous is not None and previous.finished:
-            return RunResult(previous.id, previous.status, previous.final_eval_loss, previous.final_train_loss,
-                             previous.diverged_step, previous.error, curve=store.curve(previous.id), reused=True)
-
-    steps = config.resolved_steps()
-    eval_every = config.eval_every or max(1, steps // 8)
-    checkpoint_every = checkpoint_every or eval_every
-    spec = get_spec(config.optimizer)
-    workload = get_workload(config.workload)
-    warmup = round(config.warmup_fraction * steps)
-    torch.manual_seed(config.seed)
+    cell = cell or f"{config.workload}/{config.scale}/{config.optimizer}"
+    previous = store.get_run(key) if store is not None else None
+    if previous is not None and previous.finished:
+        return RunResult(previous.id, previous.status, previous.final_eval_loss, previous.final_train_loss,
+                         previous.diverged_step, previous.error, curve=store.curve(previous.id), reused=True,
+                         metrics=previous.metrics)
+    workload, spec = get_workload(config.workload), get_spec(config.optimizer)  # unknown names raise here
     try:
+        run = _Run.build(config, workload, spec.uses_schedule)
+    except (ValueError, TypeError, RuntimeError) as exc:  # a bad configuration: record it, let the sweep go on
+        return _record_failed_setup(config, store, key, cell, f"{type(exc).__name__}: {exc}")
+    checkpoints = _Checkpoints(Path(checkpoint_dir), key) if checkpoint_dir is not None else None
+    resumed = checkpoints is not None and checkpoints.load(run)
+    recorder = _Recorder(store, key, cell, run.record(), resumed_at=run.start_step if resumed else None)
+    status, diverged_step, error = "ok", None, None
+    try:
+        status, diverged_step = _loop(run, recorder, checkpoints, checkpoint_every or run.eval_every, on_step)
+    except Exception as exc:  # a failing configuration is recorded; the sweep goes on
+        status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+    run.timing["wall"] = run.elapsed()
+    metrics = run.metrics if status == "ok" else {}
+    recorder.finish(status=status, diverged_step=diverged_step, error=error, final_eval_loss=metrics.get("loss"),
+                    final_train_loss=run.train_loss, timing=run.timing, metrics=metrics)
+    if checkpoints is not None:
+        checkpoints.remove()
+    return RunResult(recorder.run_id, status, metrics.get("loss"), run.train_loss, diverged_step, error,
+                     dict(run.timing), recorder.full_curve(resumed), metrics=dict(metrics))
+
+
+def _loop(run: _Run, recorder: _Recorder, checkpoints: _Checkpoints | None, checkpoint_every: int,
+          on_step: Callable[[int, int], None] | None) -> tuple[str, int | None]:
+    """Train from ``run.start_step`` to ``run.steps``; returns the status and the step it diverged at."""
+    task, hooks = run.task, run.hooks
+    hooks.observe_batch_size(task.tokens_per_step)
+    hooks.train()
+    run.model.train()
+    run.start_clock()
+    if run.start_step == 0:
+        recorder.log(CurvePoint(0, 0, None, run.evaluate()["loss"], run.lr(), None, 0.0))
+    for step in range(run.start_step, run.steps):
+        done = step + 1
+        with run.timed("data"):
+            batch = task.train_batch(step)
+        with run.timed("forward_backward"):
+            hooks.prepare_step()
+            run.train_loss = run.forward_backward(batch)
+            stats = task.forward_stats(run.model) if task.forward_stats is not None else {}
+        with run.timed("optimizer"):
+            if run.diverged(run.train_loss):
+                recorder.log(CurvePoint(done, done * task.tokens_per_step, run.train_loss, None, run.lr(), None,
+                                        run.elapsed()))
+                return "diverged", done
+            hooks.observe_loss(run.train_loss)
+            lr, grad_norm = run.lr(), run.clip_gradients()
+            run.optimizer_step(batch)
+        due = done % run.eval_every == 0 or done == run.steps or done in run.budget_steps
+        eval_loss = run.evaluate(snapshot=True)["loss"] if due else None
+        if done in run.budget_steps and checkpoints is not None:
+            checkpoints.save_budget_model(run, done)
+        recorder.log(CurvePoint(done, done * task.tokens_per_step, run.train_loss, eval_loss, lr, grad_norm,
+                                run.elapsed(), stats.get("max_attn_logit"), stats.get("logit_rms")))
+        if eval_loss is not None and not math.isfinite(eval_loss):
+            return "diverged", done
+        if due:
+            recorder.flush()
+        if checkpoints is not None and done % checkpoint_every == 0 and done < run.steps:
+            checkpoints.save(run, done)
+        if on_step is not None:
+            on_step(done, run.steps)
+    return "ok", None
+
+
+def _versions() -> dict[str, str]:
+    return {"optarena": optarena.__version__, "torch": torch.__version__}
+
+
+def _build_mup(workload: Workload, config: RunConfig) -> tuple[Task, torch.optim.Optimizer]:
+    """A muP model and optimizer (Yang et al., Tensor Programs V, arXiv:2203.03466) for a workload with a width."""
+    from optarena.scaling.mup import create_mup_optimizer
+
+    if not isinstance(workload, MupWorkload):
+        raise ValueError(f"parametrization='mup' needs a workload with a width (d_model), like 'lm'; "
+                         f"got workload {config.workload!r}")
+    task, plan = workload.build_mup(config.scale, config.seed, config.mup_base_width, **config.workload_options)
+    return task, create_mup_optimizer(config.optimizer, task.model, plan, **config.hparams)
+
+
+def _budget_steps(schedule: Any) -> set[int]:
+    """WSD-S's budgets: one model per budget in a single run, evaluated and saved where checkpoints are kept."""
+    branch_points = getattr(schedule, "branch_points", None)
+    return {b.budget for b in branch_points()} if callable(branch_points) else set()
+
+
+class _Run:
+    """The built pieces of one run and the per-step operations of the loop on them."""
+
+    def __init__(self, config: RunConfig, task: Task, optimizer: torch.optim.Optimizer, schedule: Any) -> None:
+        self.config, self.task, self.model, self.optimizer = config, task, task.model, optimizer
+        self.hooks = hooks_of(optimizer)
+        self.steps = config.resolved_steps()
+        self.eval_every = config.eval_every or max(1, self.steps // 8)
+        self.scheduler = as_lambda_lr(optimizer, schedule)
+        self.budget_steps = _budget_steps(schedule)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.averager = None if config.averaging == "none" else WeightAverager(
+            self.model, config.averaging, ema_decay=config.ema_decay, last_k=config.average_last)
+        self.timing = {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0, "eval": 0.0, "wall": 0.0}
+        self.start_step, self.initial_loss, self.train_loss = 0, None, None
+        self.metrics: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    @classmethod
+    def build(cls, config: RunConfig, workload: Workload, uses_schedule: bool) -> _Run:
+        steps = config.resolved_steps()
+        torch.manual_seed(config.seed)
         if config.parametrization == "mup":
             task, optimizer = _build_mup(workload, config)
         else:
             task = workload.build(config.scale, config.seed, **config.workload_options)
             optimizer = create_optimizer(config.optimizer, task.model, **config.hparams)
-        model = task.model
-        if spec.uses_schedule:
-            schedule = make_schedule(config.schedule, steps, warmup, **config.schedule_options)
+        if uses_schedule:
+            schedule = make_schedule(config.schedule, steps, cls.warmup(config), **config.schedule_options)
         else:  # schedule-free methods warm up and average by themselves
             schedule = make_schedule("constant", steps, 0)
-        scheduler = as_lambda_lr(optimizer, schedule)
-    except (ValueError, TypeError, RuntimeError) as exc:  # a bad configuration: record it, let the sweep go on
-        error = f"{type(exc).__name__}: {exc}"
-        run_id = None
+        return cls(config, task, optimizer, schedule)
+
+    @staticmethod
+    def warmup(config: RunConfig) -> int:
+        return round(config.warmup_fraction * config.resolved_steps())
+
+    def record(self) -> dict[str, Any]:
+        """The configuration stored with the run, with the facts the build resolved."""
+        uses_schedule = get_spec(self.config.optimizer).uses_schedule
+        return {
+            **self.config.model_dump(), "steps": self.steps, "eval_every": self.eval_every,
+            "warmup": self.warmup(self.config), "versions": _versions(), "task": self.task.info,
+            "tokens_per_step": self.task.tokens_per_step,
+            "effective_schedule": self.config.schedule if uses_schedule else "constant (schedule-free optimizer)",
+        }
+
+    # --- timing -------------------------------------------------------------------------------
+    def start_clock(self) -> None:
+        self._clock = time.perf_counter() - self.timing["wall"]
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._clock
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timing[phase] += time.perf_counter() - start
+
+    # --- one step -------------------------------------------------------------------------------
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def forward_backward(self, batch: Any) -> float:
+        """The training loss of ``batch``, with its gradients unless the optimizer needs none."""
+        if self.hooks.needs_backward:
+            loss = self.task.loss(self.model, batch)
+            loss.backward()
+        else:
+            with torch.no_grad():
+                loss = self.task.loss(self.model, batch)
+        return loss.item()
+
+    def diverged(self, train_loss: float) -> bool:
+        """Not finite, or above ``divergence_factor`` times the first step's loss."""
+        self.initial_loss = train_loss if self.initial_loss is None else self.initial_loss
+        limit = self.config.divergence_factor * max(self.initial_loss, 1e-12)
+        return not math.isfinite(train_loss) or train_loss > limit
+
+    def clip_gradients(self) -> float | None:
+        """Clip to ``grad_clip`` and return the global gradient norm before clipping (None without gradients)."""
+        if not self.hooks.needs_backward:
+            return None
+        if self.config.grad_clip is None:  # measure only: clipping at inf would still rescale every gradient by 1
+            grads = [p.grad for p in self.params if p.grad is not None]
+            return float(torch.nn.utils.get_total_norm(grads, foreach=True))
+        return float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip, foreach=True))
+
+    def optimizer_step(self, batch: Any) -> None:
+        """``step()``, the Hessian refresh when due, then the schedule and the weight average."""
+        task, model, optimizer = self.task, self.model, self.optimizer
+        if self.hooks.needs_backward:
+            optimizer.step()
+        else:
+            optimizer.step(torch.no_grad()(lambda: task.loss(model, batch)))
+        if self.hooks.hessian_step_due():
+            optimizer.zero_grad(set_to_none=True)
+            sampled = task.sampled_loss
+            # Hutchinson's estimator differentiates twice; only the math attention kernel supports that
+            with sdpa_kernel(SDPBackend.MATH):
+                self.hooks.update_hessian(lambda: task.loss(model, batch),
+                                          (lambda: sampled(model, batch)) if sampled is not None else None,
+                                          batch_size=task.tokens_per_step)
+        optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.averager is not None:
+            self.averager.update()
+
+    def evaluate(self, snapshot: bool = False) -> dict[str, float]:
+        """The task's metrics of the evaluated weights (the average, with averaging); kept in ``metrics``.
+
+        ``snapshot`` first adds the current weights to a uniform average.
+        """
+        with self.timed("eval"):
+            if snapshot and self.averager is not None:
+                self.averager.snapshot()
+            self.hooks.eval()
+            self.model.eval()
+            swapped = self.averager.swapped_in() if self.averager is not None else contextlib.nullcontext()
+            with torch.no_grad(), swapped:
+                self.metrics = {name: float(value) for name, value in self.task.evaluate(self.model).items()}
+            self.model.train()
+            self.hooks.train()
+        return self.metrics
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self, step: int) -> dict[str, Any]:
+        self.timing["wall"] = self.elapsed()
+        return {"step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "initial_loss": self.initial_loss,
+                "timing": dict(self.timing),
+                "averager": self.averager.state_dict() if self.averager is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_step, self.initial_loss, self.timing = state["step"], state["initial_loss"], state["timing"]
+        if self.averager is not None:
+            self.averager.load_state_dict(state["averager"])
+
+
+class _Checkpoints:
+    """``<dir>/<key>.pt``, written atomically, so that a killed run resumes where it was saved."""
+
+    def __init__(self, directory: Path, key: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path, self.key = directory / f"{key}.pt", key
+
+    def load(self, run: _Run) -> bool:
+        """Restore ``run`` from the checkpoint; False when there is none."""
+        if not self.path.exists():
+            return False
+        run.load_state_dict(torch.load(self.path, weights_only=False))
+        return True
+
+    def save(self, run: _Run, step: int) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(run.state_dict(step), tmp)
+        os.replace(tmp, self.path)  # atomic: a kill never leaves a half-written checkpoint
+
+    def save_budget_model(self, run: _Run, budget: int) -> None:
+        torch.save(run.model.state_dict(), self.path.with_name(f"{self.key}-budget{budget}.pt"))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class _Recorder:
+    """The run's row and curve in the store (when there is one), and the curve of this call."""
+
+    def __init__(self, store: ResultStore | None, key: str, cell: str, record: dict[str, Any],
+                 resumed_at: int | None) -> None:
+        self.store, self.run_id = store, None
+        self.pending: list[CurvePoint] = []
+        self.curve: list[CurvePoint] = []
         if store is not None:
-            run_id = store.start_run(key, cell=cell or f"{config.workload}/{config.scale}/{config.optimizer}",
-                                     config={**config.model_dump(), "steps": steps, "versions": _versions()})
-            store.finish_run(run_id, status="failed", error=error)
-        return RunResult(run_id, "failed", None, None, error=error)
-    params = [p for p in model.parameters() if p.requires_grad]
-    averager = None if config.averaging == "none" else WeightAverager(
-        model, config.averaging, ema_decay=config.ema_decay, last_k=config.average_last)
-    # WSD-S: one model per budget in a single run (evaluated, and saved where checkpoints are kept)
-    branch_points = getattr(schedule, "branch_points", None)
-    budget_steps = {b.budget for b in branch_points()} if callable(branch_points) else set()
+            existing = store.get_run(key)
+            if resumed_at is not None and existing is not None:
+                self.run_id = existing.id
+                store.truncate_curve(self.run_id, resumed_at)
+            else:
+                self.run_id = store.start_run(key, cell=cell, config=record)
 
-    record = {
-        **config.model_dump(), "steps": steps, "eval_every": eval_every, "warmup": warmup,
-        "versions": _versions(), "task": task.info, "tokens_per_step": task.tokens_per_step,
-        "effective_schedule": config.schedule if spec.uses_schedule else "constant (schedule-free optimizer)",
-    }
-    ckpt_path = None
-    if checkpoint_dir is not None:
-        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        ckpt_path = _checkpoint_path(Path(checkpoint_dir), key)
-    timing = {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0, "eval": 0.0, "wall": 0.0}
-    start_step, initial_loss = 0, None
-    resumed = ckpt_path is not None and ckpt_path.exists()
-    if resumed:
-        state = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_step, initial_loss, timing = state["step"], state["initial_loss"], state["timing"]
-        if averager is not None:
-            averager.load_state_dict(state["averager"])
-        if state.get("optimizer_mode") == "train":
-            _call_optional(optimizer, "train")
+    def log(self, point: CurvePoint) -> None:
+        self.pending.append(point)
+        self.curve.append(point)
 
+    def flush(self) -> None:
+        if self.store is not None and self.run_id is not None:
+            self.store.add_curve(self.run_id, self.pending)
+        self.pending.clear()
+
+    def finish(self, **outcome: Any) -> None:
+        self.flush()
+        if self.store is not None and self.run_id is not None:
+            self.store.finish_run(self.run_id, **outcome)
+
+    def full_curve(self, resumed: bool) -> list[CurvePoint]:
+        """The whole curve: a resumed run's includes the part logged before the resume."""
+        if resumed and self.store is not None and self.run_id is not None:
+            return self.store.curve(self.run_id)
+        return self.curve
+
+
+def _record_failed_setup(config: RunConfig, store: ResultStore | None, key: str, cell: str,
+                         error: str) -> RunResult:
     run_id = None
     if store is not None:
-        existing = store.get_run(key)
-        if resumed and existing is not None:
-            run_id = existing.id
-            store.truncate_curve(run_id, start_step)
-        else:
-            run_id = store.start_run(key, cell=cell or f"{config.workload}/{config.scale}/{config.optimizer}",
-                                     config=record)
-
-    pending: list[CurvePoint] = []
-    curve: list[CurvePoint] = []
-
-    def log(point: CurvePoint) -> None:
-        pending.append(point)
-        curve.append(point)
-
-    def flush() -> None:
-        if store is not None and run_id is not None:
-            store.add_curve(run_id, pending)
-        pending.clear()
-
-    def evaluate() -> float:
-        t0 = time.perf_counter()
-        _call_optional(optimizer, "eval")
-        model.eval()
-        with torch.no_grad(), (averager.swapped_in() if averager is not None else contextlib.nullcontext()):
-            value = float(task.evaluate(model))
-        model.train()
-        _call_optional(optimizer, "train")
-        timing["eval"] += time.perf_counter() - t0
-        return value
-
-    _call_optional(optimizer, "train")
-    model.train()
-    wall_start = time.perf_counter() - timing["wall"]
-    status, diverged_step, error, train_loss, eval_loss = "ok", None, None, None, None
-    try:
-        if start_step == 0:
-            eval_loss = evaluate()
-            log(CurvePoint(0, 0, None, eval_loss, scheduler.get_last_lr()[0], None, 0.0))
-        for step in range(start_step, steps):
-            t0 = time.perf_counter()
-            batch = task.train_batch(step)
-            t1 = time.perf_counter()
-            _call_optional(optimizer, "prepare_step")
-            loss = task.loss(model, batch)
-            loss.backward()
-            t2 = time.perf_counter()
-            train_loss = loss.item()
-            initial_loss = train_loss if initial_loss is None else initial_loss
-            if not math.isfinite(train_loss) or train_loss > config.divergence_factor * max(initial_loss, 1e-12):
-                status, diverged_step = "diverged", step + 1
-                log(CurvePoint(step + 1, (step + 1) * task.tokens_per_step, train_loss, None,
-                               scheduler.get_last_lr()[0], None, time.perf_counter() - wall_start))
-                break
-            observe_loss = getattr(optimizer, "observe_loss", None)  # MKOR-H decides when to switch from it
-            if callable(observe_loss):
-                observe_loss(train_loss)
-            lr = scheduler.get_last_lr()[0]
-            if config.grad_clip is None:  # measure only: clipping at inf would still rescale every gradient by 1
-                grad_norm = float(torch.nn.utils.get_total_norm(
-                    [p.grad for p in params if p.grad is not None], foreach=True))
-            else:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True))
-            optimizer.step()
-            if callable(getattr(optimizer, "hessian_step_due", None)) and optimizer.hessian_step_due():
-                optimizer.zero_grad(set_to_none=True)
-                sampled = task.sampled_loss
-                # Hutchinson's estimator differentiates twice; only the math attention kernel supports that
-                with sdpa_kernel(SDPBackend.MATH):
-                    optimizer.update_hessian(lambda: task.loss(model, batch),
-                                             (lambda: sampled(model, batch)) if sampled is not None else None,
-                                             batch_size=task.tokens_per_step)
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if averager is not None:
-                averager.update()
-            t3 = time.perf_counter()
-            timing["data"] += t1 - t0
-            timing["forward_backward"] += t2 - t1
-            timing["optimizer"] += t3 - t2
-            done = step + 1
-            due = done % eval_every == 0 or done == steps or done in budget_steps
-            if averager is not None and due:
-                averager.snapshot()
-            eval_loss = evaluate() if due else None
-            if done in budget_steps and ckpt_path is not None:
-                torch.save(model.state_dict(), ckpt_path.with_name(f"{key}-budget{done}.pt"))
-            stats = getattr(model, "stats", None) or {}
-            log(CurvePoint(done, done * task.tokens_per_step, train_loss, eval_loss, lr, grad_norm,
-                           time.perf_counter() - wall_start, stats.get("max_attn_logit"), stats.get("logit_rms")))
-            if eval_loss is not None and not math.isfinite(eval_loss):
-                status, diverged_step = "diverged", done
-                break
-            if due:
-                flush()
-            if ckpt_path is not None and done % checkpoint_every == 0 and done < steps:
-                timing["wall"] = time.perf_counter() - wall_start
-                _save_checkpoint(ckpt_path, {
-                    "step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "initial_loss": initial_loss, "timing": dict(timing),
-                    "optimizer_mode": "train", "averager": averager.state_dict() if averager is not None else None,
-                })
-            if on_step is not None:
-                on_step(done, steps)
-    except Exception as exc:  # a failing configuration is recorded; the sweep goes on
-        status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-    timing["wall"] = time.perf_counter() - wall_start
-    flush()
-    final_eval = eval_loss if status == "ok" else None
-    if store is not None and run_id is not None:
-        store.finish_run(run_id, status=status, diverged_step=diverged_step, error=error,
-                         final_eval_loss=final_eval, final_train_loss=train_loss, timing=timing)
-    if ckpt_path is not None and ckpt_path.exists():
-        ckpt_path.unlink()
-    if store is not None and run_id is not None and resumed:
-        curve = store.curve(run_id)  # include the part logged before the resume
-    return RunResult(run_id, status, final_eval, train_loss, diverged_step, error, dict(timing), curve)
+        run_id = store.start_run(key, cell=cell,
+                                 config={**config.model_dump(), "steps": config.resolved_steps(),
+                                         "versions": _versions()})
+        store.finish_run(run_id, status="failed", error=error)
+    return RunResult(run_id, "failed", None, None, error=error)

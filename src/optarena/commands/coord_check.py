@@ -2,7 +2,7 @@
 
 Records the mean |output| of every module of the byte-level transformer over a few
 training steps at several widths, for the standard parametrisation and for muP
-(:func:`optarena.scaling.mup.coord_check`), and plots one row per parametrisation and one
+(:func:`optarena.scaling.coord_check.coord_check`), and plots one row per parametrisation and one
 panel per step. Under muP the curves stay flat across widths.
 """
 
@@ -22,10 +22,11 @@ __all__ = ["coord_check_command", "lm_coord_check"]
 def lm_coord_check(widths: list[int], *, parametrization: str, steps: int = 4, optimizer: str = "adamw",
                    lr: float = 1e-2, base_width: int | None = None, seed: int = 0, n_layer: int = 2,
                    include: str | None = None):
-    """Run :func:`~optarena.scaling.mup.coord_check` on ``lm`` models of the given widths."""
+    """Run :func:`~optarena.scaling.coord_check.coord_check` on ``lm`` models of the given widths."""
     from optarena.arena.workloads import get_workload
     from optarena.arena.workloads.lm import ByteTransformer, LMConfig
-    from optarena.scaling.mup import coord_check, mup_lm_config, mup_lm_init_
+    from optarena.arena.workloads.lm_mup import mup_lm_config, mup_lm_init_
+    from optarena.scaling.coord_check import coord_check
 
     base_width = min(widths) if base_width is None else base_width
     head_dim = LMConfig().head_dim
@@ -60,7 +61,7 @@ def coord_check_command(
     csv_out: Path = typer.Option(None, "--csv", help="also write the tidy table as CSV"),
 ) -> None:
     """muP coordinate check on the lm workload: mean |activation| per module vs width, per step."""
-    from optarena.scaling.mup import plot_coord_check
+    from optarena.scaling.coord_check import plot_coord_check
 
     console = Console()
     try:

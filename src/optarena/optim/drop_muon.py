@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from optarena.optim._foreach import collect_grads
+from optarena.optim.hooks import TrainingHooks
 from optarena.optim.muon import Muon, check_int
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -55,7 +56,7 @@ def layer_key(name: str) -> str:
     return ".".join(parts[:-1]) or name
 
 
-class DropMuon(Muon):
+class DropMuon(Muon, TrainingHooks):
     """Muon that updates a random suffix of the layers per step (see module docstring).
 
     Args:

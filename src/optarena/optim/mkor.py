@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from optarena.optim._foreach import collect_grads
+from optarena.optim.hooks import TrainingHooks
 from optarena.optim.muon import (
     MatrixOptimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
     matrix_param_groups,
@@ -264,7 +265,7 @@ class MKOR(MatrixOptimizer):
         self._steps = int(extra["steps"])
 
 
-class MKORH(MKOR):
+class MKORH(MKOR, TrainingHooks):
     """MKOR-H: MKOR that switches to its base optimizer once the loss stops falling fast (module docstring).
 
     Args:

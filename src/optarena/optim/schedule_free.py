@@ -36,12 +36,13 @@ import torch
 from optarena.optim import _native
 from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
 from optarena.optim._fused import fused_kernel
+from optarena.optim.hooks import TrainingHooks
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["ScheduleFreeAdamW"]
 
 
-class ScheduleFreeAdamW(torch.optim.Optimizer):
+class ScheduleFreeAdamW(torch.optim.Optimizer, TrainingHooks):
     """Schedule-Free AdamW (see module docstring).
 
     Args:

@@ -57,6 +57,7 @@ import torch
 from optarena.optim import _native
 from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
 from optarena.optim._fused import fused_kernel
+from optarena.optim.hooks import TrainingHooks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["SophiaG", "SophiaH"]
@@ -64,7 +65,7 @@ __all__ = ["SophiaG", "SophiaH"]
 LossClosure = Callable[[], torch.Tensor]
 
 
-class _Sophia(torch.optim.Optimizer):
+class _Sophia(torch.optim.Optimizer, TrainingHooks):
     """The update and the hook shared by SophiaG and SophiaH; subclasses estimate ĥ."""
 
     _name = "Sophia"

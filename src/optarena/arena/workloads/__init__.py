@@ -3,9 +3,13 @@
 >>> from optarena.arena.workloads import get_workload
 >>> task = get_workload("lm").build("tiny", seed=0)      # doctest: +SKIP
 >>> loss = task.loss(task.model, task.train_batch(0))     # doctest: +SKIP
+>>> task.evaluate(task.model)                           # doctest: +SKIP
+{'loss': 5.55...}
 
 Each workload module registers itself at the bottom of its file with
 :func:`register_workload`; importing it here (one line per module) makes it available.
+:class:`~optarena.arena.workloads.base.ConfiguredWorkload` gives a workload whose scales are
+presets of a dataclass its ``config(scale, **overrides)``.
 """
 
 from __future__ import annotations

@@ -19,15 +19,14 @@ smallest real image-classification problem we know of, the CPU stand-in for the
   counts images.
 
 Scales ``small`` / ``base`` differ only in width (64 / 256). ``evaluate`` returns the
-validation cross-entropy (nats) and stores the validation accuracy in
-``model.stats["val_accuracy"]`` (as ``lm`` stores its stability statistics there).
+validation cross-entropy (nats) as ``"loss"`` and the validation accuracy as ``"accuracy"``.
 ``build(scale, seed, **overrides)`` accepts any :class:`DigitsConfig` field.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -36,7 +35,7 @@ from torch import nn
 
 from optarena.arena.workloads._random import generator_for
 from optarena.arena.workloads._shuffle import epoch_batch_indices
-from optarena.arena.workloads.base import TabulatedWorkload, Task
+from optarena.arena.workloads.base import ConfiguredWorkload, Task, classification_losses, seeded_model
 
 __all__ = ["DigitsConfig", "DigitsMLP", "DigitsWorkload", "SCALES", "load_split"]
 
@@ -97,7 +96,6 @@ class DigitsMLP(nn.Module):
         sizes = [N_PIXELS] + [config.width] * config.depth
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.head = nn.Linear(config.width, N_CLASSES)
-        self.stats: dict[str, float] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -105,30 +103,21 @@ class DigitsMLP(nn.Module):
         return self.head(x)
 
 
-class DigitsWorkload(TabulatedWorkload):
-    """MLP classification of 8x8 digits; ``evaluate`` returns the validation cross-entropy."""
+class DigitsWorkload(ConfiguredWorkload):
+    """MLP classification of 8x8 digits; ``evaluate`` returns the validation cross-entropy and accuracy."""
 
     name = "digits"
     scales = tuple(SCALES)
     steps_by_scale = DEFAULT_STEPS
     metric = "validation cross-entropy (nats)"
-
-    def config(self, scale: str = "small", **overrides: Any) -> DigitsConfig:
-        """The :class:`DigitsConfig` of ``scale`` with ``overrides`` applied."""
-        self.check_scale(scale)
-        valid = {f.name for f in fields(DigitsConfig)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"unknown DigitsConfig field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
-        return replace(DigitsConfig(), **{**SCALES[scale], **overrides})
+    config_class = DigitsConfig
+    presets = SCALES
 
     def build(self, scale: str = "small", seed: int = 0, **overrides: Any) -> Task:
         config = self.config(scale, **overrides)
         data = load_split()
         x_train, y_train, x_val, y_val = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
-        with torch.random.fork_rng(devices=[]):  # deterministic init without touching the caller's RNG
-            torch.manual_seed(seed)
-            model = DigitsMLP(config)
+        model = seeded_model(seed, lambda: DigitsMLP(config))
 
         def train_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
             index = epoch_batch_indices(seed, step, y_train.numel(), config.batch_size, "digits")
@@ -138,25 +127,18 @@ class DigitsWorkload(TabulatedWorkload):
             weight = model.head.weight
             return model(x.to(weight.device, weight.dtype)).float()
 
-        def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        def forward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             x, y = batch
             logits = _logits(model, x)
-            return F.cross_entropy(logits, y.to(logits.device))
+            return logits, y.to(logits.device)
 
-        def sampled_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-            """Cross-entropy against classes drawn from the model's own softmax."""
-            logits = _logits(model, batch[0])
-            with torch.no_grad():
-                sampled = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1)
-            return F.cross_entropy(logits, sampled)
+        loss, sampled_loss = classification_losses(forward)
 
         @torch.no_grad()
-        def evaluate(model: nn.Module) -> float:
-            logits = _logits(model, x_val)
-            targets = y_val.to(logits.device)
-            if hasattr(model, "stats"):
-                model.stats["val_accuracy"] = float((logits.argmax(-1) == targets).float().mean())
-            return float(F.cross_entropy(logits, targets))
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            logits, targets = forward(model, (x_val, y_val))
+            return {"loss": float(F.cross_entropy(logits, targets)),
+                    "accuracy": float((logits.argmax(-1) == targets).float().mean())}
 
         info = {
             "scale": scale,

@@ -17,11 +17,13 @@ scaling and stability studies need lives in :class:`LMConfig`:
   "Tensor Programs V", arXiv:2203.03466).
 - ``track_stats``: each forward stores in ``model.stats`` the largest attention logit over
   all layers, heads and (causal) positions, ``"max_attn_logit"``, and the root mean square
-  of the output logits, ``"logit_rms"`` — the instability proxies of Wortsman et al.
+  of the output logits, ``"logit_rms"`` — the instability proxies of Wortsman et al.; the
+  task's ``forward_stats`` hands them to the trainer after each training forward.
 
 Scales ``tiny`` / ``small`` / ``base`` differ only in width (``d_model`` 64 / 128 / 256)
 with depth and ``head_dim`` fixed, so width studies change one thing at a time;
-``build(scale, seed, **overrides)`` accepts any :class:`LMConfig` field.
+``build(scale, seed, **overrides)`` accepts any :class:`LMConfig` field; ``build_mup`` builds
+the muP model of a scale relative to a base width (:mod:`optarena.arena.workloads.lm_mup`).
 
 Choices of ours, not taken from a paper: queries, keys and values are three separate
 ``nn.Linear`` layers (so matrix optimizers such as Muon orthogonalise each one); no
@@ -33,8 +35,8 @@ width is 2/3 of the GELU one (rounded to a multiple of 8) to keep parameter coun
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,10 @@ from torch import nn
 
 from optarena.arena.workloads._corpus import load_corpus
 from optarena.arena.workloads._random import generator_for
-from optarena.arena.workloads.base import TabulatedWorkload, Task
+from optarena.arena.workloads.base import ConfiguredWorkload, Task, classification_losses, seeded_model
+
+if TYPE_CHECKING:
+    from optarena.scaling.mup_plan import MupPlan
 
 __all__ = ["LMConfig", "LMWorkload", "ByteTransformer", "SCALES", "VOCAB_SIZE"]
 
@@ -246,22 +251,25 @@ def count_parameters(model: ByteTransformer) -> dict[str, int]:
     return {"params_total": total, "params_non_embedding": total - embedding}
 
 
-class LMWorkload(TabulatedWorkload):
+class LMWorkload(ConfiguredWorkload):
     """Byte-level language modelling; ``evaluate`` returns validation cross-entropy in nats/byte."""
 
     name = "lm"
     scales = tuple(SCALES)
     steps_by_scale = DEFAULT_STEPS
     metric = "validation cross-entropy (nats/byte)"
+    config_class = LMConfig
+    presets = SCALES
 
-    def config(self, scale: str = "tiny", **overrides: Any) -> LMConfig:
-        """The :class:`LMConfig` of ``scale`` with ``overrides`` applied (e.g. ``d_model=512``)."""
-        self.check_scale(scale)
-        valid = {f.name for f in fields(LMConfig)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"unknown LMConfig field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
-        return replace(LMConfig(), **{**SCALES[scale], **overrides})
+    def build_mup(self, scale: str = "tiny", seed: int = 0, base_width: int | None = None,
+                  **overrides: Any) -> tuple[Task, MupPlan]:
+        """The task of ``scale`` with a muP model of base width ``base_width`` (default: the first scale's)."""
+        from optarena.arena.workloads.lm_mup import mup_lm_config, mup_lm_init_
+
+        width = self.config(scale, **overrides).d_model
+        base_width = base_width or self.config(self.scales[0]).d_model
+        task = self.build(scale, seed, **{**overrides, **mup_lm_config(base_width, width)})
+        return task, mup_lm_init_(task.model, base_width)
 
     def build(self, scale: str = "tiny", seed: int = 0, **overrides: Any) -> Task:
         config = self.config(scale, **overrides)
@@ -269,9 +277,7 @@ class LMWorkload(TabulatedWorkload):
         window = config.seq_len + 1
         if corpus.validation.numel() < window:
             raise ValueError(f"seq_len={config.seq_len} is longer than the validation split")
-        with torch.random.fork_rng(devices=[]):  # deterministic init without touching the caller's RNG
-            torch.manual_seed(seed)
-            model = ByteTransformer(config)
+        model = seeded_model(seed, lambda: ByteTransformer(config))
 
         offsets = torch.arange(window)
         train = corpus.train
@@ -295,17 +301,14 @@ class LMWorkload(TabulatedWorkload):
                 value = value + config.z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
             return value
 
-        def sampled_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-            """Cross-entropy against bytes drawn from the model's own softmax (the sample is detached)."""
-            inputs, _ = _split(batch, model)
-            logits = model(inputs)
-            with torch.no_grad():
-                probs = torch.softmax(logits.float().flatten(0, 1), dim=-1)
-                sampled = torch.multinomial(probs, 1).view(logits.shape[:-1])
-            return cross_entropy(logits, sampled)
+        def forward(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            inputs, targets = _split(batch, model)
+            return model(inputs).float().flatten(0, 1), targets.flatten()
+
+        _, sampled_loss = classification_losses(forward)
 
         @torch.no_grad()
-        def evaluate(model: nn.Module) -> float:
+        def evaluate(model: nn.Module) -> dict[str, float]:
             was_training, saved_stats = model.training, dict(getattr(model, "stats", {}))
             model.eval()
             total, count = 0.0, 0
@@ -318,7 +321,10 @@ class LMWorkload(TabulatedWorkload):
                 model.train(was_training)
                 if hasattr(model, "stats"):
                     model.stats = saved_stats  # keep the training forward's stability stats
-            return total / count
+            return {"loss": total / count}
+
+        def forward_stats(model: nn.Module) -> dict[str, float]:
+            return dict(model.stats)
 
         info = {
             "scale": scale,
@@ -338,6 +344,7 @@ class LMWorkload(TabulatedWorkload):
             evaluate=evaluate,
             tokens_per_step=config.tokens_per_step,
             sampled_loss=sampled_loss,
+            forward_stats=forward_stats if config.track_stats else None,
             info=info,
         )
 

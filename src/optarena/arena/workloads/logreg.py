@@ -23,7 +23,7 @@ epoch by epoch). The model is a single ``nn.Linear(50, 1)`` named ``head`` (a re
 for :func:`optarena.optim.partition_parameters`), initialised at zero, as is usual
 for a convex problem; the initial loss is therefore log 2 on every problem.
 
-``evaluate`` returns the mean validation log-loss (nats). For the two noisy problems
+``evaluate`` returns the mean validation log-loss (nats) as ``"loss"``. For the two noisy problems
 ``info`` records the loss of the exact empirical-risk minimiser (found by Newton's
 method in float64) on the training and validation sets, the floor that plain training
 approaches, and the validation loss of the generating weights (w*, b*).
@@ -154,8 +154,7 @@ class LogRegWorkload(TabulatedWorkload):
 
     def build(self, scale: str = "isotropic", seed: int = 0, **options: object) -> Task:
         self.check_scale(scale)
-        if options:
-            raise ValueError(f"the logreg workload takes no options, got {sorted(options)}")
+        self.check_no_options(options)
         data = make_problem(scale)
         x_train, y_train = data["x_train"].float(), data["y_train"].float()
         x_val, y_val = data["x_val"].float(), data["y_val"].float()
@@ -182,9 +181,9 @@ class LogRegWorkload(TabulatedWorkload):
             return F.binary_cross_entropy_with_logits(logits, sampled)
 
         @torch.no_grad()
-        def evaluate(model: nn.Module) -> float:
+        def evaluate(model: nn.Module) -> dict[str, float]:
             logits = _logits(model, x_val)
-            return float(F.binary_cross_entropy_with_logits(logits, y_val.to(logits.device)))
+            return {"loss": float(F.binary_cross_entropy_with_logits(logits, y_val.to(logits.device)))}
 
         stds = data["stds"]
         info = {

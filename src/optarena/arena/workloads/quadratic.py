@@ -18,7 +18,7 @@ Where we deviate from DeepOBS, and why:
 - DeepOBS draws a finite training set of 1,000 points (and a test set of 1,000) once and
   shuffles it; we draw fresh x for every batch, a pure function of (seed, step). The
   objective is then the population loss, whose minimiser is exactly θ* = 0.
-- ``evaluate`` returns that population loss in closed form,
+- ``evaluate`` returns that population loss in closed form as ``"loss"``,
   E_x l(θ; x) = ½ θᵀQθ + ½ σ² tr(Q), instead of a mean over a sampled test set, so the
   metric carries no sampling noise. Its floor, ½ σ² tr(Q), is recorded as
   ``info["optimum_loss"]``.
@@ -89,8 +89,7 @@ class QuadraticWorkload(TabulatedWorkload):
 
     def build(self, scale: str = "default", seed: int = 0, **options: object) -> Task:
         self.check_scale(scale)
-        if options:
-            raise ValueError(f"the quadratic workload takes no options, got {sorted(options)}")
+        self.check_no_options(options)
         hessian, eigenvalues = deep_hessian()
         model = NoisyQuadratic(hessian)
         floor = 0.5 * NOISE_STD**2 * float(torch.trace(hessian))
@@ -103,9 +102,9 @@ class QuadraticWorkload(TabulatedWorkload):
             return model(batch.to(model.theta.device, model.theta.dtype)).mean()
 
         @torch.no_grad()
-        def evaluate(model: nn.Module) -> float:
+        def evaluate(model: nn.Module) -> dict[str, float]:
             theta = model.theta.detach().to("cpu", torch.float64)
-            return float(0.5 * theta @ hessian @ theta) + floor
+            return {"loss": float(0.5 * theta @ hessian @ theta) + floor}
 
         info = {
             "scale": scale,

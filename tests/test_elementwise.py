@@ -29,7 +29,7 @@ from optarena.optim import (
     SophiaH,
     create_optimizer,
 )
-from optarena.optim.adamp import project_scale_invariant
+from optarena.optim.scale_invariance import project_scale_invariant
 
 D = torch.float64
 

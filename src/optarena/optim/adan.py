@@ -1,7 +1,7 @@
 """Adan: adaptive Nesterov momentum.
 
 Xie, Zhou, Li, Lin, Yan, "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing
-Deep Models" (arXiv:2208.06677), Alg. 1; reference code sail-sg/Adan; ALGORITHMS.md §8.
+Deep Models" (arXiv:2208.06677), Alg. 1; reference code sail-sg/Adan.
 
 **Beta convention.** ``betas=(b1, b2, b3)`` are the weights on the *old* value of each
 moving average, as in the reference code and in ``torch.optim.Adam``: ``b = 1 - β_paper``.
@@ -34,9 +34,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim import _native
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
-from optarena.optim._fused import fused_kernel
+from optarena.optim._foreach import collect_grads, run_closure
+from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["Adan"]
@@ -54,9 +53,7 @@ class Adan(torch.optim.Optimizer):
         no_prox: ``False`` (default) decays proximally, ``True`` decoupled like AdamW.
         max_grad_norm: global gradient-norm clipping inside the optimizer; 0 disables (default).
         foreach: use multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
-            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
-            tensors (compiles at the first step; :mod:`optarena.optim._fused`).
+        fused: one pass per tensor (default False; :mod:`optarena.optim.kernels`).
     """
 
     def __init__(
@@ -122,20 +119,14 @@ class Adan(torch.optim.Optimizer):
                 exp_avg_diffs.append(state["exp_avg_diff"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 prev_grads.append(state["prev_grad"])
-            step_fn = _adan_foreach if group["foreach"] else _adan_single_tensor
-            for chunk in group_by_device_dtype(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads):
-                if group.get("fused"):
-                    size_m, size_v, eps_scaled = _step_sizes(group["step"], group["lr"], group["betas"], group["eps"])
-                    b1, b2, b3 = (float(b) for b in group["betas"])
-                    chunk = _adan_fused.apply(chunk, b1=b1, b2=b2, b3=b3, size_m=float(size_m), size_v=float(size_v),
-                                              eps_scaled=float(eps_scaled),
-                                              decay=float(group["lr"] * group["weight_decay"]),
-                                              no_prox=bool(group["no_prox"]))
-                    if not chunk[0]:
-                        continue
-                for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
-                    step_fn(*wave, step=group["step"], lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                            weight_decay=group["weight_decay"], no_prox=group["no_prox"])
+            hyper = dict(step=group["step"], lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                         weight_decay=group["weight_decay"], no_prox=group["no_prox"])
+            size_m, size_v, eps_scaled = _step_sizes(group["step"], group["lr"], group["betas"], group["eps"])
+            b1, b2, b3 = (float(b) for b in group["betas"])
+            kernel_hyper = dict(b1=b1, b2=b2, b3=b3, size_m=float(size_m), size_v=float(size_v),
+                                eps_scaled=float(eps_scaled), decay=float(group["lr"] * group["weight_decay"]),
+                                no_prox=bool(group["no_prox"]))
+            _ADAN.run(group, (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads), hyper, kernel_hyper)
         return loss
 
 
@@ -193,21 +184,7 @@ def _adan_foreach(
     torch._foreach_copy_(prev_grads, grads)
 
 
-@fused_kernel(native=_native.adan_step)
-def _adan_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, n: torch.Tensor,
-                prev: torch.Tensor, *, b1: torch.Tensor, b2: torch.Tensor, b3: torch.Tensor, size_m: torch.Tensor,
-                size_v: torch.Tensor, eps_scaled: torch.Tensor, decay: torch.Tensor, no_prox: bool) -> None:
-    diff = g - prev
-    z = g + diff * b2
-    m.mul_(b1).add_(g * (1 - b1))
-    v.mul_(b2).add_(diff * (1 - b2))
-    n.mul_(b3).add_(z * z * (1 - b3))
-    if no_prox:
-        p.mul_(1 - decay)
-    p.sub_((m * size_m + v * size_v) / (n.sqrt() + eps_scaled))
-    if not no_prox:
-        p.div_(1 + decay)
-    prev.copy_(g)
+_ADAN = ElementwiseUpdate(_adan_single_tensor, _adan_foreach, elementwise.adan)
 
 
 register(

@@ -8,9 +8,8 @@ one run and on one machine:
   cost on a shared machine), with random gradients restored before each step outside
   the timer (some peers modify gradients in place);
 - the optimizer state in bytes per parameter (every tensor in ``optimizer.state``);
-- the same with ``fused=True`` where the optimizer has it (one compiled kernel per large
-  tensor, see ``optarena.optim._fused``, or C kernels, ``optarena.optim._native``; the
-  compilation falls in the warm-up steps);
+- the same with ``fused=True`` where the optimizer has it (compiled or C kernels per
+  tensor, see ``optarena.optim.kernels``; the compilation falls in the warm-up steps);
 - the same for the same method in pytorch-optimizer (foreach and per-tensor, the faster
   is reported) and for torch's AdamW (foreach, and ``fused=True``) as the baseline;
 - the bandwidth bound: the bytes a step must move at least (read parameters, gradients

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-__all__ = ["adamw_rule", "check_float", "collect_grads", "group_by_device_dtype", "run_closure", "zeros_state"]
+__all__ = [
+    "adamw_rule", "check_float", "collect_grads", "group_by_device_dtype", "groups_with_grads", "run_closure",
+    "zeros_state",
+]
 
 
 def check_float(optimizer_name: str, p: torch.Tensor) -> None:
@@ -28,6 +31,16 @@ def collect_grads(optimizer_name: str, params: Iterable[torch.Tensor]) -> tuple[
         with_grad.append(p)
         grads.append(p.grad)
     return with_grad, grads
+
+
+def groups_with_grads(
+    optimizer: torch.optim.Optimizer,
+) -> Iterator[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]:
+    """Each param group that has parameters with a gradient: ``(group, params, grads)``."""
+    for group in optimizer.param_groups:
+        params, grads = collect_grads(type(optimizer).__name__, group["params"])
+        if params:
+            yield group, params, grads
 
 
 def run_closure(closure: Callable[[], Any] | None) -> Any:

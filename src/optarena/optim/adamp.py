@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, run_closure, zeros_state
+from optarena.optim._foreach import groups_with_grads, run_closure, zeros_state
 from optarena.optim.kernels import projected
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 from optarena.optim.scale_invariance import remove_radial
@@ -97,10 +97,7 @@ class AdamP(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("AdamP", group["params"])
-            if not params:
-                continue
+        for group, params, grads in groups_with_grads(self):
             group["step"] = group.get("step", 0) + 1
             exp_avgs, exp_avg_sqs = zeros_state(self, params, "exp_avg", "exp_avg_sq")
             beta1, beta2 = group["betas"]
@@ -185,8 +182,7 @@ class SGDP(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("SGDP", group["params"])
+        for group, params, grads in groups_with_grads(self):
             (bufs,) = zeros_state(self, params, "momentum_buffer")
             mu, lr = group["momentum"], group["lr"]
             hyper = dict(mu=float(mu), damp=float(1 - group["dampening"]), lr=float(lr),

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, run_closure
+from optarena.optim._foreach import groups_with_grads, run_closure
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -100,10 +100,7 @@ class Adan(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = run_closure(closure)
         clip = self._clip_factor()
-        for group in self.param_groups:
-            params, grads = collect_grads("Adan", group["params"])
-            if not params:
-                continue
+        for group, params, grads in groups_with_grads(self):
             if not (isinstance(clip, float) and clip == 1.0):
                 grads = [g * clip.to(g.dtype) for g in grads]  # scaled copies; p.grad stays as it was
             group["step"] = group.get("step", 0) + 1

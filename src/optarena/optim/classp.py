@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, run_closure, zeros_state
+from optarena.optim._foreach import groups_with_grads, run_closure, zeros_state
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
@@ -88,8 +88,7 @@ class CLASSP(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("CLASSP", group["params"])
+        for group, params, grads in groups_with_grads(self):
             (sums,) = zeros_state(self, params, "grad_power_sum")
             hyper = dict(lr=group["lr"], threshold=group["threshold"], eps=group["eps"], power=group["power"],
                          apply_scaling=group["apply_scaling"], include_current=group["include_current"])

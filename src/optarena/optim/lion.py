@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, run_closure, zeros_state
+from optarena.optim._foreach import groups_with_grads, run_closure, zeros_state
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.orthogonalize import orthogonalize_many
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -95,8 +95,7 @@ class Lion(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("Lion", group["params"])
+        for group, params, grads in groups_with_grads(self):
             (exp_avgs,) = zeros_state(self, params, "exp_avg")
             kappa = group.get("kappa", "sign")
             lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]

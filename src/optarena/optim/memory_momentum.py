@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, run_closure
+from optarena.optim._foreach import groups_with_grads, run_closure
 from optarena.optim.kernels import flat_slices
 from optarena.optim.kernels.memory import AMSGDPasses, am_adamw_fused_step
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -101,8 +101,7 @@ class AMSGD(torch.optim.Optimizer):
         loss = run_closure(closure)
         lam = self.model_lambda
         passes = []
-        for group in self.param_groups:
-            params, grads = collect_grads("AMSGD", group["params"])
+        for group, params, grads in groups_with_grads(self):
             wd = group["weight_decay"]
             remembered: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
             for p, g in zip(params, grads):
@@ -189,10 +188,7 @@ class AMAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("AMAdamW", group["params"])
-            if not params:
-                continue
+        for group, params, grads in groups_with_grads(self):
             beta_max, beta2 = group["betas"]
             lr, eps, wd, lam = group["lr"], group["eps"], group["weight_decay"], group["model_lambda"]
             group["step"] = t = group.get("step", 0) + 1

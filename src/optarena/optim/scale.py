@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import adamw_rule, collect_grads, group_by_device_dtype, run_closure, zeros_state
+from optarena.optim._foreach import adamw_rule, group_by_device_dtype, groups_with_grads, run_closure, zeros_state
 from optarena.optim.kernels import rms
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -117,10 +117,7 @@ class SCALE(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("SCALE", group["params"])
-            if not params:
-                continue
+        for group, params, grads in groups_with_grads(self):
             lr, wd, role = group["lr"], group["weight_decay"], group["role"]
             vec_params, vec_grads = [], []
             for p, g in zip(params, grads):

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, group_by_device_dtype, run_closure
+from optarena.optim._foreach import group_by_device_dtype, groups_with_grads, run_closure
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
@@ -114,10 +114,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         if not all(g["train_mode"] for g in self.param_groups):
             raise RuntimeError("ScheduleFreeAdamW.step() called in eval mode; call optimizer.train() first")
         loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("ScheduleFreeAdamW", group["params"])
-            if not params:
-                continue
+        for group, params, grads in groups_with_grads(self):
             k = group["step"]
             warmup = group["warmup_steps"]
             lr = group["lr"] * ((k + 1) / warmup if k < warmup else 1.0)

@@ -8,8 +8,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 __all__ = [
-    "adamw_rule", "check_float", "collect_grads", "group_by_device_dtype", "groups_with_grads", "run_closure",
-    "zeros_state",
+    "GroupwiseOptimizer", "adamw_rule", "check_float", "collect_grads", "group_by_device_dtype", "groups_with_grads",
+    "run_closure", "zeros_state",
 ]
 
 
@@ -49,6 +49,21 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
         return None
     with torch.enable_grad():
         return closure()
+
+
+class GroupwiseOptimizer(torch.optim.Optimizer):
+    """An optimizer whose step updates each param group on its own, in :meth:`_step_group`."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = run_closure(closure)
+        for group, params, grads in groups_with_grads(self):
+            self._step_group(group, params, grads)
+        return loss
+
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """Update the parameters of ``group`` that have a gradient (``params``, ``grads``)."""
+        raise NotImplementedError
 
 
 def zeros_state(

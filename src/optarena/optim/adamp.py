@@ -34,11 +34,11 @@ test's outcome, compiled passes elsewhere (:mod:`optarena.optim.kernels.projecte
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
-from optarena.optim._foreach import groups_with_grads, run_closure, zeros_state
+from optarena.optim._foreach import GroupwiseOptimizer, zeros_state
 from optarena.optim.kernels import projected
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 from optarena.optim.scale_invariance import remove_radial
@@ -59,7 +59,7 @@ def _check_common(name: str, lr: float, weight_decay: float, delta: float, wd_ra
         raise ValueError(f"{name} eps must be > 0, got eps={eps}")
 
 
-class AdamP(torch.optim.Optimizer):
+class AdamP(GroupwiseOptimizer):
     """AdamP (see module docstring). Defaults from the paper's code: lr=1e-3, betas=(0.9, 0.999).
 
     Args:
@@ -94,18 +94,14 @@ class AdamP(torch.optim.Optimizer):
                         wd_ratio=wd_ratio, nesterov=nesterov, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group, params, grads in groups_with_grads(self):
-            group["step"] = group.get("step", 0) + 1
-            exp_avgs, exp_avg_sqs = zeros_state(self, params, "exp_avg", "exp_avg_sq")
-            beta1, beta2 = group["betas"]
-            hyper = dict(beta1=float(beta1), beta2=float(beta2), bc2_sqrt=math.sqrt(1 - beta2 ** group["step"]),
-                         eps=float(group["eps"]), step_size=float(group["lr"]) / (1 - beta1 ** group["step"]),
-                         decay=float(group["lr"] * group["weight_decay"]), nesterov=bool(group["nesterov"]))
-            _ADAMP.run(self, group, (params, grads, exp_avgs, exp_avg_sqs), hyper, step=hyper["step_size"])
-        return loss
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        group["step"] = group.get("step", 0) + 1
+        exp_avgs, exp_avg_sqs = zeros_state(self, params, "exp_avg", "exp_avg_sq")
+        beta1, beta2 = group["betas"]
+        hyper = dict(beta1=float(beta1), beta2=float(beta2), bc2_sqrt=math.sqrt(1 - beta2 ** group["step"]),
+                     eps=float(group["eps"]), step_size=float(group["lr"]) / (1 - beta1 ** group["step"]),
+                     decay=float(group["lr"] * group["weight_decay"]), nesterov=bool(group["nesterov"]))
+        _ADAMP.run(self, group, (params, grads, exp_avgs, exp_avg_sqs), hyper, step=hyper["step_size"])
 
 
 def _adamp_block(
@@ -141,7 +137,7 @@ _ADAMP = projected.ProjectedUpdate(_adamp_block, _adamp_direction, projected.ada
                                    projected.c_adamp_step)
 
 
-class SGDP(torch.optim.Optimizer):
+class SGDP(GroupwiseOptimizer):
     """SGDP (see module docstring).
 
     Args:
@@ -179,16 +175,12 @@ class SGDP(torch.optim.Optimizer):
                         fused=fused)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group, params, grads in groups_with_grads(self):
-            (bufs,) = zeros_state(self, params, "momentum_buffer")
-            mu, lr = group["momentum"], group["lr"]
-            hyper = dict(mu=float(mu), damp=float(1 - group["dampening"]), lr=float(lr),
-                         decay=float(lr * group["weight_decay"] / (1 - mu)), nesterov=bool(group["nesterov"]))
-            _SGDP.run(self, group, (params, grads, bufs), hyper, step=float(lr))
-        return loss
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        (bufs,) = zeros_state(self, params, "momentum_buffer")
+        mu, lr = group["momentum"], group["lr"]
+        hyper = dict(mu=float(mu), damp=float(1 - group["dampening"]), lr=float(lr),
+                     decay=float(lr * group["weight_decay"] / (1 - mu)), nesterov=bool(group["nesterov"]))
+        _SGDP.run(self, group, (params, grads, bufs), hyper, step=float(lr))
 
 
 def _sgdp_block(

@@ -116,14 +116,12 @@ class Adan(torch.optim.Optimizer):
                 exp_avg_diffs.append(state["exp_avg_diff"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 prev_grads.append(state["prev_grad"])
-            hyper = dict(step=group["step"], lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                         weight_decay=group["weight_decay"], no_prox=group["no_prox"])
             size_m, size_v, eps_scaled = _step_sizes(group["step"], group["lr"], group["betas"], group["eps"])
             b1, b2, b3 = (float(b) for b in group["betas"])
-            kernel_hyper = dict(b1=b1, b2=b2, b3=b3, size_m=float(size_m), size_v=float(size_v),
-                                eps_scaled=float(eps_scaled), decay=float(group["lr"] * group["weight_decay"]),
-                                no_prox=bool(group["no_prox"]))
-            _ADAN.run(group, (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads), hyper, kernel_hyper)
+            hyper = dict(b1=b1, b2=b2, b3=b3, size_m=float(size_m), size_v=float(size_v),
+                         eps_scaled=float(eps_scaled), decay=float(group["lr"] * group["weight_decay"]),
+                         no_prox=bool(group["no_prox"]))
+            _ADAN.run(group, (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads), hyper, hyper)
         return loss
 
 
@@ -137,10 +135,8 @@ def _step_sizes(step: int, lr: float, betas: tuple[float, float, float], eps: fl
 def _adan_single_tensor(
     params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
     exp_avg_diffs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], prev_grads: list[torch.Tensor],
-    *, step: int, lr: float, betas: tuple[float, float, float], eps: float, weight_decay: float, no_prox: bool,
+    *, b1: float, b2: float, b3: float, size_m: float, size_v: float, eps_scaled: float, decay: float, no_prox: bool,
 ) -> None:
-    b1, b2, b3 = betas
-    size_m, size_v, eps_scaled = _step_sizes(step, lr, betas, eps)
     for p, g, m, v, n, prev in zip(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads):
         diff = g - prev
         m.lerp_(g, 1 - b1)
@@ -148,22 +144,20 @@ def _adan_single_tensor(
         z = g.add(diff, alpha=b2)
         n.mul_(b3).addcmul_(z, z, value=1 - b3)
         denom = n.sqrt().add_(eps_scaled)
-        if weight_decay != 0 and no_prox:
-            p.mul_(1 - lr * weight_decay)
+        if decay != 0 and no_prox:
+            p.mul_(1 - decay)
         p.addcdiv_(m, denom, value=-size_m)
         p.addcdiv_(v, denom, value=-size_v)
-        if weight_decay != 0 and not no_prox:
-            p.div_(1 + lr * weight_decay)
+        if decay != 0 and not no_prox:
+            p.div_(1 + decay)
         prev.copy_(g)
 
 
 def _adan_foreach(
     params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
     exp_avg_diffs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], prev_grads: list[torch.Tensor],
-    *, step: int, lr: float, betas: tuple[float, float, float], eps: float, weight_decay: float, no_prox: bool,
+    *, b1: float, b2: float, b3: float, size_m: float, size_v: float, eps_scaled: float, decay: float, no_prox: bool,
 ) -> None:
-    b1, b2, b3 = betas
-    size_m, size_v, eps_scaled = _step_sizes(step, lr, betas, eps)
     diffs = torch._foreach_sub(grads, prev_grads)
     torch._foreach_lerp_(exp_avgs, grads, 1 - b1)
     torch._foreach_lerp_(exp_avg_diffs, diffs, 1 - b2)
@@ -172,16 +166,13 @@ def _adan_foreach(
     torch._foreach_addcmul_(exp_avg_sqs, corrected, corrected, 1 - b3)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, eps_scaled)
-    if weight_decay != 0 and no_prox:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    if decay != 0 and no_prox:
+        torch._foreach_mul_(params, 1 - decay)
     torch._foreach_addcdiv_(params, exp_avgs, denom, -size_m)
     torch._foreach_addcdiv_(params, exp_avg_diffs, denom, -size_v)
-    if weight_decay != 0 and not no_prox:
-        torch._foreach_div_(params, 1 + lr * weight_decay)
+    if decay != 0 and not no_prox:
+        torch._foreach_div_(params, 1 + decay)
     torch._foreach_copy_(prev_grads, grads)
-
-
-_ADAN = ElementwiseUpdate(_adan_single_tensor, _adan_foreach, elementwise.adan)
 
 
 register(
@@ -197,3 +188,5 @@ register(
         description="Nesterov momentum estimated from gradient differences; m, v, n and the previous gradient",
     )
 )
+
+_ADAN = ElementwiseUpdate(_adan_single_tensor, _adan_foreach, elementwise.adan)

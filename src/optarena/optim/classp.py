@@ -35,18 +35,18 @@ never decays.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
-from optarena.optim._foreach import groups_with_grads, run_closure, zeros_state
+from optarena.optim._foreach import GroupwiseOptimizer, zeros_state
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["CLASSP"]
 
 
-class CLASSP(torch.optim.Optimizer):
+class CLASSP(GroupwiseOptimizer):
     """CLASSP (see module docstring). Defaults from the reference code.
 
     Args:
@@ -85,20 +85,16 @@ class CLASSP(torch.optim.Optimizer):
                         include_current=include_current, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group, params, grads in groups_with_grads(self):
-            (sums,) = zeros_state(self, params, "grad_power_sum")
-            hyper = dict(lr=group["lr"], threshold=group["threshold"], eps=group["eps"], power=group["power"],
-                         apply_scaling=group["apply_scaling"], include_current=group["include_current"])
-            power = float(group["power"])
-            kernel_hyper = dict(lr=float(group["lr"]), threshold=float(group["threshold"]), eps=float(group["eps"]),
-                                power=power, power_kind=int(power) if power in (1.0, 2.0) else 0,
-                                apply_scaling=bool(group["apply_scaling"]),
-                                include_current=bool(group["include_current"]), thresholded=group["threshold"] > 0)
-            _CLASSP.run(group, (params, grads, sums), hyper, kernel_hyper)
-        return loss
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        (sums,) = zeros_state(self, params, "grad_power_sum")
+        hyper = dict(lr=group["lr"], threshold=group["threshold"], eps=group["eps"], power=group["power"],
+                     apply_scaling=group["apply_scaling"], include_current=group["include_current"])
+        power = float(group["power"])
+        kernel_hyper = dict(lr=float(group["lr"]), threshold=float(group["threshold"]), eps=float(group["eps"]),
+                            power=power, power_kind=int(power) if power in (1.0, 2.0) else 0,
+                            apply_scaling=bool(group["apply_scaling"]),
+                            include_current=bool(group["include_current"]), thresholded=group["threshold"] > 0)
+        _CLASSP.run(group, (params, grads, sums), hyper, kernel_hyper)
 
 
 def _accumulate(acc: torch.Tensor, g: torch.Tensor, power: float) -> None:
@@ -153,9 +149,6 @@ def _classp_foreach(
         accumulate()
 
 
-_CLASSP = ElementwiseUpdate(_classp_single_tensor, _classp_foreach, elementwise.classp)
-
-
 register(
     OptimizerSpec(
         name="classp",
@@ -169,3 +162,5 @@ register(
         description="AdaGrad-like p-power suppression of much-updated weights plus a gradient threshold",
     )
 )
+
+_CLASSP = ElementwiseUpdate(_classp_single_tensor, _classp_foreach, elementwise.classp)

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import groups_with_grads, run_closure, zeros_state
+from optarena.optim._foreach import GroupwiseOptimizer, zeros_state
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.orthogonalize import orthogonalize_many
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -51,7 +51,7 @@ __all__ = ["KAPPAS", "Lion"]
 KAPPAS = ("sign", "l2", "identity", "smooth_sign", "nuclear")
 
 
-class Lion(torch.optim.Optimizer):
+class Lion(GroupwiseOptimizer):
     """Lion and Lion-κ (see module docstring). Defaults from the paper: lr=1e-4, betas=(0.9, 0.99).
 
     Args:
@@ -92,19 +92,15 @@ class Lion(torch.optim.Optimizer):
                         kappa_eps=kappa_eps, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group, params, grads in groups_with_grads(self):
-            (exp_avgs,) = zeros_state(self, params, "exp_avg")
-            kappa = group.get("kappa", "sign")
-            lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
-            hyper = dict(lr=lr, betas=(beta1, beta2), weight_decay=wd, kappa=kappa,
-                         kappa_eps=group.get("kappa_eps", 1e-8))
-            kernel_hyper = dict(lr=float(lr), beta1=float(beta1), beta2=float(beta2), weight_decay=float(wd))
-            _LION.run(group, (params, grads, exp_avgs), hyper, kernel_hyper if kappa == "sign" else None,
-                      blocked=kappa in ("sign", "identity", "smooth_sign"))  # l2, nuclear, callables: whole tensors
-        return loss
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        (exp_avgs,) = zeros_state(self, params, "exp_avg")
+        kappa = group.get("kappa", "sign")
+        lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+        hyper = dict(lr=lr, betas=(beta1, beta2), weight_decay=wd, kappa=kappa,
+                     kappa_eps=group.get("kappa_eps", 1e-8))
+        kernel_hyper = dict(lr=float(lr), beta1=float(beta1), beta2=float(beta2), weight_decay=float(wd))
+        _LION.run(group, (params, grads, exp_avgs), hyper, kernel_hyper if kappa == "sign" else None,
+                  blocked=kappa in ("sign", "identity", "smooth_sign"))  # l2, nuclear, callables: whole tensors
 
 
 def kappa_direction(
@@ -166,9 +162,6 @@ def _lion_foreach(
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
 
 
-_LION = ElementwiseUpdate(_lion_single_tensor, _lion_foreach, elementwise.lion)
-
-
 register(
     OptimizerSpec(
         name="lion",
@@ -181,3 +174,5 @@ register(
         description="sign of interpolated momentum (Lion-κ maps via kappa=); one state buffer",
     )
 )
+
+_LION = ElementwiseUpdate(_lion_single_tensor, _lion_foreach, elementwise.lion)

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import groups_with_grads, run_closure
+from optarena.optim._foreach import GroupwiseOptimizer, groups_with_grads, run_closure
 from optarena.optim.kernels import flat_slices
 from optarena.optim.kernels.memory import AMSGDPasses, am_adamw_fused_step
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -146,7 +146,7 @@ def _am_sgd_update(ps: list[torch.Tensor], hs: list[torch.Tensor], ds: list[torc
     torch._foreach_add_(ps, ds, alpha=-lr)
 
 
-class AMAdamW(torch.optim.Optimizer):
+class AMAdamW(GroupwiseOptimizer):
     """AM-AdamW: AdamW with a per-tensor adaptive momentum coefficient (see module docstring).
 
     Args:
@@ -185,31 +185,27 @@ class AMAdamW(torch.optim.Optimizer):
                         fused=fused)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group, params, grads in groups_with_grads(self):
-            beta_max, beta2 = group["betas"]
-            lr, eps, wd, lam = group["lr"], group["eps"], group["weight_decay"], group["model_lambda"]
-            group["step"] = t = group.get("step", 0) + 1
-            prev_lr = group.get("prev_lr", lr)
-            gap_scale = prev_lr / lr if lr > 0 else 1.0
-            group["prev_lr"] = lr
-            bc2_sqrt = math.sqrt(1 - beta2**t)
-            for p, g in zip(params, grads):
-                state = self.state[p]
-                first = "exp_avg" not in state
-                if first:
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["beta_product"] = torch.ones(
-                        (), device=p.device, dtype=torch.promote_types(p.dtype, torch.float32))
-                tensors = (p, g, state["exp_avg"], state["exp_avg_sq"])
-                tensor_step = (group.get("fused") and am_adamw_fused_step(*tensors)) or _am_adamw_tensor
-                tensor_step(p, g, state["exp_avg"], state["exp_avg_sq"], state["beta_product"], first=first,
-                            beta_max=beta_max, beta2=beta2, bc2_sqrt=bc2_sqrt, eps=eps, lr=lr, wd=wd, lam=lam,
-                            gap_scale=gap_scale)
-        return loss
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        beta_max, beta2 = group["betas"]
+        lr, eps, wd, lam = group["lr"], group["eps"], group["weight_decay"], group["model_lambda"]
+        group["step"] = t = group.get("step", 0) + 1
+        prev_lr = group.get("prev_lr", lr)
+        gap_scale = prev_lr / lr if lr > 0 else 1.0
+        group["prev_lr"] = lr
+        bc2_sqrt = math.sqrt(1 - beta2**t)
+        for p, g in zip(params, grads):
+            state = self.state[p]
+            first = "exp_avg" not in state
+            if first:
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+                state["beta_product"] = torch.ones(
+                    (), device=p.device, dtype=torch.promote_types(p.dtype, torch.float32))
+            tensors = (p, g, state["exp_avg"], state["exp_avg_sq"])
+            tensor_step = (group.get("fused") and am_adamw_fused_step(*tensors)) or _am_adamw_tensor
+            tensor_step(p, g, state["exp_avg"], state["exp_avg_sq"], state["beta_product"], first=first,
+                        beta_max=beta_max, beta2=beta2, bc2_sqrt=bc2_sqrt, eps=eps, lr=lr, wd=wd, lam=lam,
+                        gap_scale=gap_scale)
 
 
 def _am_adamw_tensor(

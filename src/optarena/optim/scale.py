@@ -36,12 +36,11 @@ readout, two on vectors.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
-from optarena.optim._foreach import adamw_rule, group_by_device_dtype, groups_with_grads, run_closure, zeros_state
+from optarena.optim._foreach import GroupwiseOptimizer, adamw_rule, group_by_device_dtype, zeros_state
 from optarena.optim.kernels import rms
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -65,7 +64,7 @@ def _rms_normalize_step(p: torch.Tensor, direction: torch.Tensor, dim: int, lr: 
     p.view(d2.shape).addcdiv_(d2, rms, value=-lr)
 
 
-class SCALE(torch.optim.Optimizer):
+class SCALE(GroupwiseOptimizer):
     """SCALE (see module docstring).
 
     Args:
@@ -114,34 +113,30 @@ class SCALE(torch.optim.Optimizer):
                         raise ValueError(f"SCALE {group['role']} groups take tensors with ndim >= 2, got shape "
                                          f"{tuple(p.shape)}; put it in a group with role='vector'")
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group, params, grads in groups_with_grads(self):
-            lr, wd, role = group["lr"], group["weight_decay"], group["role"]
-            vec_params, vec_grads = [], []
-            for p, g in zip(params, grads):
-                kind = role if role is not None else ("hidden" if p.ndim >= 2 else "vector")
-                if kind == "vector":
-                    vec_params.append(p)
-                    vec_grads.append(g)
-                elif kind == "readout":
-                    buf = zeros_state(self, [p], "momentum_buffer")[0][0]
-                    if group.get("fused") and rms.takes(p, g, buf):
-                        rms.row_rms_step(p, g, buf, weight=1 - group["momentum"], lr=lr, decay=lr * wd)
-                        continue
-                    buf.lerp_(g, 1 - group["momentum"])
-                    _rms_normalize_step(p, buf, dim=1, lr=lr, weight_decay=wd)
-                elif group.get("fused") and rms.takes(p, g):
-                    if kind == "embedding":
-                        rms.col_rms_step(p, g, lr=lr, decay=lr * wd)
-                    else:
-                        rms.row_rms_step(p, g, None, weight=0.0, lr=lr, decay=lr * wd)
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        lr, wd, role = group["lr"], group["weight_decay"], group["role"]
+        vec_params, vec_grads = [], []
+        for p, g in zip(params, grads):
+            kind = role if role is not None else ("hidden" if p.ndim >= 2 else "vector")
+            if kind == "vector":
+                vec_params.append(p)
+                vec_grads.append(g)
+            elif kind == "readout":
+                buf = zeros_state(self, [p], "momentum_buffer")[0][0]
+                if group.get("fused") and rms.takes(p, g, buf):
+                    rms.row_rms_step(p, g, buf, weight=1 - group["momentum"], lr=lr, decay=lr * wd)
+                    continue
+                buf.lerp_(g, 1 - group["momentum"])
+                _rms_normalize_step(p, buf, dim=1, lr=lr, weight_decay=wd)
+            elif group.get("fused") and rms.takes(p, g):
+                if kind == "embedding":
+                    rms.col_rms_step(p, g, lr=lr, decay=lr * wd)
                 else:
-                    _rms_normalize_step(p, g, dim=0 if kind == "embedding" else 1, lr=lr, weight_decay=wd)
-            if vec_params:
-                self._adamw_vectors(group, vec_params, vec_grads)
-        return loss
+                    rms.row_rms_step(p, g, None, weight=0.0, lr=lr, decay=lr * wd)
+            else:
+                _rms_normalize_step(p, g, dim=0 if kind == "embedding" else 1, lr=lr, weight_decay=wd)
+        if vec_params:
+            self._adamw_vectors(group, vec_params, vec_grads)
 
     def _adamw_vectors(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         group["adamw_step"] = step = group.get("adamw_step", 0) + 1

@@ -169,9 +169,6 @@ def _sf_adamw_foreach(
     torch._foreach_sub_(zs, normalized, alpha=lr)
 
 
-_SF_ADAMW = ElementwiseUpdate(_sf_adamw_single_tensor, _sf_adamw_foreach, elementwise.sf_adamw)
-
-
 register(
     OptimizerSpec(
         name="schedule_free_adamw",
@@ -185,3 +182,5 @@ register(
         uses_schedule=False,
     )
 )
+
+_SF_ADAMW = ElementwiseUpdate(_sf_adamw_single_tensor, _sf_adamw_foreach, elementwise.sf_adamw)

@@ -14,7 +14,7 @@ from torch._dynamo.utils import counters
 
 import optarena.optim.kernels.compiled as fused_module
 from optarena.optim import create_optimizer
-from optarena.optim.kernels import elementwise
+from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.kernels.compiled import FusedKernel
 from optarena.optim.lion import Lion
 
@@ -152,3 +152,23 @@ def test_projected_adamp_sgdp_steps_match_the_foreach_path(name: str, invariance
             opt.step()
         results.append(param.detach().clone())
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_an_elementwise_update_runs_the_path_its_group_chooses() -> None:
+    calls = []
+    kernel = FusedKernel(lambda p, g, *, lr: calls.append(("fused", p.numel())) or p.sub_(g * lr))
+    kernel._compiled = kernel.fn  # run eagerly: this test is about the routing
+    update = ElementwiseUpdate(single_tensor=lambda ps, gs, *, lr: calls.append(("single", len(ps))),
+                               foreach=lambda ps, gs, *, lr: calls.append(("foreach", len(ps))), fused=kernel)
+    big = torch.zeros(fused_module.FUSED_MIN_NUMEL, dtype=torch.float64)  # float64: no C loop
+    small = torch.zeros(8, dtype=torch.float64)
+    lists = ([big, small], [torch.ones_like(big), torch.ones_like(small)])
+    update.run({"foreach": True, "fused": True}, lists, {"lr": 0.5}, {"lr": 0.5})
+    assert calls == [("fused", big.numel()), ("foreach", 1)]  # the kernel hands the small tensor back
+    assert torch.equal(big, torch.full_like(big, -0.5)) and not small.any()
+    calls.clear()
+    update.run({"foreach": False, "fused": True}, lists, {"lr": 0.5}, None)  # no kernel keywords: no kernel
+    assert calls == [("single", 2)]
+    calls.clear()
+    update.run({"foreach": True, "fused": False}, lists, {"lr": 0.5}, {"lr": 0.5}, blocked=False)
+    assert calls == [("foreach", 2)]

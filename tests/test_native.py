@@ -316,3 +316,14 @@ def test_a_c_function_names_a_missing_or_unknown_argument() -> None:
         native.function("lion")(t, t, t, lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0, wd=0.1)
     with pytest.raises(KeyError, match="no optarena_nope_f32"):
         native.function("nope")(t)
+
+
+def test_no_optimizer_module_imports_the_loader() -> None:
+    """Optimizers reach the C kernels through the kernels package's method modules only."""
+    from pathlib import Path
+
+    import optarena.optim
+
+    for path in Path(optarena.optim.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        assert "kernels.native" not in text and "kernels import native" not in text, path.name

@@ -24,7 +24,7 @@ with the norm over all parameters of all groups; the scaled gradient is what is 
 ``g_prev``, as in the reference. The reference's optional restart is not implemented.
 
 State: four tensors per parameter (m, v, n, previous gradient) = 16 bytes/param in fp32.
-The README suggests a learning rate 5-10x AdamW's and weight decay 0.02.
+The reference code's README suggests a learning rate 5-10x AdamW's and weight decay 0.02.
 """
 
 from __future__ import annotations

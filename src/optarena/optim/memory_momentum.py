@@ -203,9 +203,8 @@ class AMAdamW(GroupwiseOptimizer):
                     (), device=p.device, dtype=torch.promote_types(p.dtype, torch.float32))
             tensors = (p, g, state["exp_avg"], state["exp_avg_sq"])
             tensor_step = (group.get("fused") and am_adamw_fused_step(*tensors)) or _am_adamw_tensor
-            tensor_step(p, g, state["exp_avg"], state["exp_avg_sq"], state["beta_product"], first=first,
-                        beta_max=beta_max, beta2=beta2, bc2_sqrt=bc2_sqrt, eps=eps, lr=lr, wd=wd, lam=lam,
-                        gap_scale=gap_scale)
+            tensor_step(*tensors, state["beta_product"], first=first, beta_max=beta_max, beta2=beta2,
+                        bc2_sqrt=bc2_sqrt, eps=eps, lr=lr, wd=wd, lam=lam, gap_scale=gap_scale)
 
 
 def _am_adamw_tensor(

@@ -19,10 +19,7 @@ Optimizer modules import from this package, never the loader itself.
 """
 
 from optarena.optim.kernels import elementwise
-from optarena.optim.kernels.compiled import FUSED_MIN_NUMEL, FusedKernel, fusable, fused_kernel
-from optarena.optim.kernels.paths import CPU_BLOCK_NUMEL, ElementwiseUpdate, cache_blocks, flat_slices
+from optarena.optim.kernels.compiled import FusedKernel, fusable, fused_kernel
+from optarena.optim.kernels.paths import ElementwiseUpdate, cache_blocks, flat_slices
 
-__all__ = [
-    "CPU_BLOCK_NUMEL", "FUSED_MIN_NUMEL", "ElementwiseUpdate", "FusedKernel", "cache_blocks", "elementwise",
-    "flat_slices", "fusable", "fused_kernel",
-]
+__all__ = ["ElementwiseUpdate", "FusedKernel", "cache_blocks", "elementwise", "flat_slices", "fusable", "fused_kernel"]

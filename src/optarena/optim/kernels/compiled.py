@@ -1,9 +1,9 @@
 """Fused update kernels: one compiled pass over each tensor instead of a chain of foreach ops.
 
 A foreach step streams every state tensor through memory once per op (a Lion step is five
-ops, AdamW's eight). A :class:`FusedKernel` wraps a per-tensor update written in plain torch ops and compiles it
-with ``torch.compile`` into one loop that reads and writes each element once. It is what
-an optimizer's ``fused=True`` runs.
+ops, AdamW's eight). A :class:`FusedKernel` wraps a per-tensor update written in plain torch
+ops and compiles it with ``torch.compile`` into one loop that reads and writes each element
+once. It is what an optimizer's ``fused=True`` runs.
 
 Two choices keep the compiled kernel reusable for the whole run:
 
@@ -13,13 +13,13 @@ Two choices keep the compiled kernel reusable for the whole run:
   float64 tensors, not Python floats. Dynamo specialises on Python floats, so a learning
   rate schedule would otherwise recompile at every step.
 
-Each call costs tens of microseconds of Python and guard overhead, so tensors with fewer
-than ``FUSED_MIN_NUMEL`` elements (biases, norm gains), and non-contiguous ones, are left
-to the caller's foreach path (:func:`fusable`; :meth:`FusedKernel.apply` hands them back).
-A kernel built with ``native=`` (a C function of :mod:`optarena.optim.kernels.native` with
-the same arguments) runs that hand-written loop instead wherever the tensors allow it (CPU,
-float32, contiguous: :func:`optarena.optim.kernels.native.usable`), at any size, since a C
-call costs microseconds; it compiles only for the rest.
+Each call pays Python and guard overhead, so tensors with fewer than ``FUSED_MIN_NUMEL``
+elements (biases, norm gains), and non-contiguous ones, are left to the caller's foreach
+path (:func:`fusable`; :meth:`FusedKernel.apply` hands them back). A kernel built with
+``native=`` (a C function of :mod:`optarena.optim.kernels.native` with the same arguments)
+runs that hand-written loop instead wherever the tensors allow it (CPU, float32, contiguous:
+:func:`optarena.optim.kernels.native.usable`), at any size, since a C call is cheap; it
+compiles only for the rest.
 
 If ``torch.compile`` is unavailable or fails (no C++ compiler, an unsupported platform),
 the kernel warns once and from then on hands every tensor back (or, called directly, runs
@@ -120,7 +120,7 @@ class FusedKernel:
         """
         rest: tuple[list[torch.Tensor], ...] = tuple([] for _ in tensor_lists)
         for tensors in zip(*tensor_lists):
-            # the C loop takes tensors of any size (a call costs microseconds), the compiled one large tensors
+            # the C loop takes tensors of any size (a call is cheap), the compiled one large tensors
             takes = (self.native is not None and c_kernels.usable(*tensors)) or fusable(*tensors)
             if not takes or not self.call(*(t.view(-1) for t in tensors), **hyper)[0]:
                 for out, t in zip(rest, tensors):

@@ -2,7 +2,7 @@
 
 Both methods reduce over a tensor (AM-SGD over the whole model) before they can update it,
 so ``fused=True`` takes two passes per tensor: C kernels on CPU float32 tensors of any size
-(a call costs microseconds, less than the eager step's small ops on biases and gains), and
+(a call costs less than the eager step's small ops on biases and gains), and
 ``torch.compile`` kernels on other large tensors; the rest take the optimizer's foreach form.
 The C kernels sum in float32 over fixed sub-blocks, then in double over fixed blocks in a
 fixed order, so no sum depends on the thread count.

@@ -22,8 +22,7 @@ runs that hand-written loop instead wherever the tensors allow it (CPU, float32,
 compiles only for the rest.
 
 If ``torch.compile`` is unavailable or fails (no C++ compiler, an unsupported platform),
-the kernel warns once and from then on hands every tensor back (or, called directly, runs
-the plain function), so a step never half-fails.
+the kernel warns once and from then on hands every tensor back, so a step never half-fails.
 """
 
 from __future__ import annotations
@@ -105,11 +104,6 @@ class FusedKernel:
         except Exception as exc:  # compilation errors surface at the first call of a new specialisation
             self._disable(exc)
             return False, None
-
-    def __call__(self, *tensors: torch.Tensor, **hyper: Any) -> Any:
-        """Run on one set of tensors: compiled, or the plain function if compilation failed."""
-        ran, out = self.call(*tensors, **hyper)
-        return out if ran else self.fn(*tensors, **hyper)
 
     def apply(self, tensor_lists: Sequence[list[torch.Tensor]], **hyper: Any) -> tuple[list[torch.Tensor], ...]:
         """Update every large contiguous tensor of the parallel lists with the kernel, on flat views.

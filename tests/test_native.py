@@ -316,6 +316,8 @@ def test_a_c_function_names_a_missing_or_unknown_argument() -> None:
         native.function("lion")(t, t, t, lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0, wd=0.1)
     with pytest.raises(KeyError, match="no optarena_nope_f32"):
         native.function("nope")(t)
+    with pytest.raises(TypeError, match="'g' must be a contiguous CPU torch.float32 tensor, got torch.float64"):
+        native.function("lion")(t, t.double(), t, lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0)
 
 
 def test_no_optimizer_module_imports_the_loader() -> None:

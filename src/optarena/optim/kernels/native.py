@@ -40,6 +40,7 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-er
 _PROTOTYPE = re.compile(r"^void\s+optarena_(\w+)_f32\s*\(([^)]*)\)\s*\{", re.MULTILINE)
 _CTYPES = {"float *": ctypes.c_void_p, "double *": ctypes.c_void_p, "int64_t": ctypes.c_int64,
            "double": ctypes.c_double, "int": ctypes.c_int}
+_DTYPES = {"float *": torch.float32, "double *": torch.float64}
 
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -191,13 +192,21 @@ class CFunction:
             else:
                 raise TypeError(f"optarena_{self.name}_f32: missing argument {pname!r}")
             if kind.endswith("*"):
+                if value is not None and (value.dtype != _DTYPES[kind] or value.device.type != "cpu"
+                                          or not value.is_contiguous()):
+                    raise TypeError(f"optarena_{self.name}_f32: {pname!r} must be a contiguous CPU "
+                                    f"{_DTYPES[kind]} tensor, got {value.dtype} on {value.device}")
                 args.append(None if value is None else value.data_ptr())
             else:
                 args.append(float(value) if kind == "double" else int(value))
         if values:
             raise TypeError(f"optarena_{self.name}_f32: unknown arguments {sorted(values)}; "
                             f"its parameters are {[p for _, p in params]}")
-        getattr(_load(), f"optarena_{self.name}_f32")(*args)
+        library = _load()
+        if library is None:
+            raise RuntimeError("the C kernels are unavailable (see the warning above, or OPTARENA_NATIVE=0); "
+                               "check optarena.optim.kernels.native.usable() before calling them")
+        getattr(library, f"optarena_{self.name}_f32")(*args)
 
 
 def function(name: str) -> CFunction:

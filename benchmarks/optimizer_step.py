@@ -8,9 +8,8 @@ one run and on one machine:
   cost on a shared machine), with random gradients restored before each step outside
   the timer (some peers modify gradients in place);
 - the optimizer state in bytes per parameter (every tensor in ``optimizer.state``);
-- the same with ``fused=True`` where the optimizer has it (one pass per tensor: a C loop on
-  CPU float32, a compiled kernel on other devices and dtypes; building or compiling falls
-  in the warm-up steps);
+- the same with ``fused=True`` where the optimizer has it (compiled or C kernels per
+  tensor, see ``optarena.optim.kernels``; the compilation falls in the warm-up steps);
 - the same for the same method in pytorch-optimizer (foreach and per-tensor, the faster
   is reported) and for torch's AdamW (foreach, and ``fused=True``) as the baseline;
 - the bandwidth bound: the bytes a step must move at least (read parameters, gradients

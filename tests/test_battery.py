@@ -432,7 +432,7 @@ def test_fused_matches_foreach(name: str, monkeypatch: pytest.MonkeyPatch) -> No
     The size threshold is lowered so that every tensor of the tiny model takes the kernel;
     the learning rate changes every step, as under a schedule.
     """
-    import optarena.optim._fused as fused_module
+    import optarena.optim.kernels.compiled as fused_module
 
     monkeypatch.setattr(fused_module, "FUSED_MIN_NUMEL", 0)
     runs = []

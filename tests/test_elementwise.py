@@ -1,4 +1,4 @@
-"""Hand-computed checks of the elementwise family against ALGORITHMS.md's equations.
+"""Hand-computed checks of the elementwise family against the update rules of their papers.
 
 Each test writes the paper's update out with plain tensor arithmetic on a tiny float64
 tensor and compares it with the optimizer, for the methods (or options) that have no
@@ -29,7 +29,7 @@ from optarena.optim import (
     SophiaH,
     create_optimizer,
 )
-from optarena.optim.adamp import project_scale_invariant
+from optarena.optim.scale_invariance import project_scale_invariant
 
 D = torch.float64
 
@@ -241,7 +241,7 @@ def test_am_sgd_two_steps_by_hand_with_one_beta_for_the_model(foreach: bool) -> 
     gd = sum((x * y).sum() for x, y in zip(g, d))
     dd = sum((y * y).sum() for y in d)
     diff = sum(((y - x) ** 2).sum() for x, y in zip(g, d))
-    beta = float(torch.clamp((gg + 2 * lam * gd - lam * dd) / diff, 0, beta_max))  # ALGORITHMS.md §12
+    beta = float(torch.clamp((gg + 2 * lam * gd - lam * dd) / diff, 0, beta_max))  # the two-plane model's β (arXiv:2510.04988)
     d = [((beta + lam) * y + (1 - beta) * x) / (1 + lam) for x, y in zip(g, d)]
     expected = [e - lr * di for e, di in zip(expected, d)]
     assert opt.last_beta.item() == pytest.approx(beta, rel=1e-12)

@@ -1,4 +1,4 @@
-"""The compiled update kernels behind ``fused=True`` (``optarena.optim._fused``).
+"""The compiled update kernels behind ``fused=True`` (``optarena.optim.kernels.compiled``).
 
 That fused steps follow the foreach trajectory is checked for every optimizer in
 ``test_battery.py::test_fused_matches_foreach``; this file covers the machinery.
@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-import optarena.optim._fused as fused_module
+import optarena.optim.kernels.compiled as fused_module
 from optarena.optim import create_optimizer
-from optarena.optim._fused import FusedKernel
+from optarena.optim.kernels import ElementwiseUpdate, elementwise
+from optarena.optim.kernels.compiled import FusedKernel
 from optarena.optim.lion import Lion
 
 
@@ -74,7 +75,7 @@ def test_small_and_strided_tensors_are_handed_back_untouched() -> None:
 
 
 def test_a_native_loop_takes_float32_tensors_of_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fused_module._native, "usable", lambda *ts: all(
+    monkeypatch.setattr(fused_module.c_kernels, "usable", lambda *ts: all(
         t.dtype == torch.float32 and t.is_contiguous() for t in ts))  # as on a machine with a C compiler
     native_calls, compiled_calls = [], []
     kernel = FusedKernel(lambda p, g: compiled_calls.append(p.numel()) or p.add_(g),
@@ -101,13 +102,10 @@ def test_a_failing_compiler_warns_once_and_the_foreach_path_takes_over(monkeypat
         rest = kernel.apply(tensors)
     assert rest[0] == tensors[0] and kernel.disabled
     assert kernel.call(tensors[0][0]) == (False, None)  # stays off, no second warning
-    assert kernel(tensors[0][0]) is tensors[0][0]  # calling it runs the plain function instead
 
     # the optimizer's result is then the foreach one
-    from optarena.optim import lion as lion_module
-
-    monkeypatch.setattr(lion_module._lion_fused, "compiled", lambda: broken)
-    monkeypatch.setattr(lion_module._lion_fused, "disabled", False)
+    monkeypatch.setattr(elementwise.lion, "compiled", lambda: broken)
+    monkeypatch.setattr(elementwise.lion, "disabled", False)
     results = []
     for fused in (False, True):
         param, grad = _problem(fused_module.FUSED_MIN_NUMEL, torch.float64)  # float32 would take the C kernel
@@ -133,7 +131,7 @@ def test_create_optimizer_passes_constructor_options_and_still_names_unknown_one
 @pytest.mark.parametrize("invariance", ["channel", "layer"])
 def test_projected_adamp_sgdp_steps_match_the_foreach_path(name: str, invariance: str) -> None:
     """Gradients orthogonal to the weight (per row, or only as a whole) take the projected step."""
-    from optarena.optim.adamp import scale_invariant_view
+    from optarena.optim.scale_invariance import scale_invariant_view
 
     def orthogonal_grad(p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
@@ -153,3 +151,23 @@ def test_projected_adamp_sgdp_steps_match_the_foreach_path(name: str, invariance
             opt.step()
         results.append(param.detach().clone())
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_an_elementwise_update_runs_the_path_its_group_chooses() -> None:
+    calls = []
+    kernel = FusedKernel(lambda p, g, *, lr: calls.append(("fused", p.numel())) or p.sub_(g * lr))
+    kernel._compiled = kernel.fn  # run eagerly: this test is about the routing
+    update = ElementwiseUpdate(single_tensor=lambda ps, gs, *, lr: calls.append(("single", len(ps))),
+                               foreach=lambda ps, gs, *, lr: calls.append(("foreach", len(ps))), fused=kernel)
+    big = torch.zeros(fused_module.FUSED_MIN_NUMEL, dtype=torch.float64)  # float64: no C loop
+    small = torch.zeros(8, dtype=torch.float64)
+    lists = ([big, small], [torch.ones_like(big), torch.ones_like(small)])
+    update.run({"foreach": True, "fused": True}, lists, {"lr": 0.5}, {"lr": 0.5})
+    assert calls == [("fused", big.numel()), ("foreach", 1)]  # the kernel hands the small tensor back
+    assert torch.equal(big, torch.full_like(big, -0.5)) and not small.any()
+    calls.clear()
+    update.run({"foreach": False, "fused": True}, lists, {"lr": 0.5}, None)  # no kernel keywords: no kernel
+    assert calls == [("single", 2)]
+    calls.clear()
+    update.run({"foreach": True, "fused": False}, lists, {"lr": 0.5}, {"lr": 0.5}, blocked=False)
+    assert calls == [("foreach", 2)]

@@ -1,14 +1,14 @@
-"""Multi-tensor helpers shared by the optimizers: grouping, cache blocking, gradient checks, the AdamW rule."""
+"""Multi-tensor helpers shared by the optimizers: grouping, gradient checks, state, the AdamW rule."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
 __all__ = [
-    "CPU_BLOCK_NUMEL", "adamw_rule", "cache_blocks", "check_float", "collect_grads", "group_by_device_dtype",
+    "GroupwiseOptimizer", "adamw_rule", "check_float", "collect_grads", "group_by_device_dtype", "groups_with_grads",
     "run_closure", "zeros_state",
 ]
 
@@ -33,12 +33,37 @@ def collect_grads(optimizer_name: str, params: Iterable[torch.Tensor]) -> tuple[
     return with_grad, grads
 
 
+def groups_with_grads(
+    optimizer: torch.optim.Optimizer,
+) -> Iterator[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]:
+    """Each param group that has parameters with a gradient: ``(group, params, grads)``."""
+    for group in optimizer.param_groups:
+        params, grads = collect_grads(type(optimizer).__name__, group["params"])
+        if params:
+            yield group, params, grads
+
+
 def run_closure(closure: Callable[[], Any] | None) -> Any:
     """torch.optim's closure contract: ``step`` runs under no_grad, the closure re-evaluates the loss with grad."""
     if closure is None:
         return None
     with torch.enable_grad():
         return closure()
+
+
+class GroupwiseOptimizer(torch.optim.Optimizer):
+    """An optimizer whose step updates each param group on its own, in :meth:`_step_group`."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = run_closure(closure)
+        for group, params, grads in groups_with_grads(self):
+            self._step_group(group, params, grads)
+        return loss
+
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """Update the parameters of ``group`` that have a gradient (``params``, ``grads``)."""
+        raise NotImplementedError
 
 
 def zeros_state(
@@ -92,45 +117,3 @@ def adamw_rule(
     torch._foreach_div_(denom, bias_correction2_sqrt)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(params, exp_avgs, denom, -lr / bias_correction1)
-
-
-CPU_BLOCK_NUMEL = 65536  # 256 KB per fp32 tensor and thread: an elementwise step's working set stays in L2
-
-
-def cache_blocks(
-    tensor_lists: tuple[list[torch.Tensor], ...], block_numel: int | None = None
-) -> list[tuple[list[torch.Tensor], ...]]:
-    """Cut parallel lists of same-shaped CPU tensors into waves of flat views of about ``block_numel``
-    (default ``CPU_BLOCK_NUMEL`` per torch thread: each op splits a wave evenly over the threads, so
-    every thread's share stays in its L2 while the per-wave dispatch cost is paid once; at 2 threads
-    this ran Lion, Adan, SophiaH and Schedule-Free AdamW steps 5-12% faster than 64K-element waves).
-
-    A chain of foreach ops over whole lists streams every tensor through memory once per
-    op; run wave by wave, the chain works on data that stays in cache, which on CPU makes
-    an elementwise optimizer step up to a few times faster. Only valid for purely
-    elementwise chains (no per-tensor reductions). Non-CPU or non-contiguous inputs are
-    returned as one wave, unchanged (foreach kernels on accelerators need no blocking).
-    """
-    if block_numel is None:
-        block_numel = CPU_BLOCK_NUMEL * torch.get_num_threads()
-    first = tensor_lists[0]
-    if not first or first[0].device.type != "cpu" or not all(t.is_contiguous() for ts in tensor_lists for t in ts):
-        return [tensor_lists]
-    waves: list[tuple[list[torch.Tensor], ...]] = []
-    current: tuple[list[torch.Tensor], ...] = tuple([] for _ in tensor_lists)
-    filled = 0
-    for tensors in zip(*tensor_lists):
-        flats = [t.view(-1) for t in tensors]
-        numel, start = flats[0].numel(), 0
-        while start < numel:
-            end = min(numel, start + block_numel - filled)
-            for wave_list, flat in zip(current, flats):
-                wave_list.append(flat[start:end])
-            filled += end - start
-            start = end
-            if filled >= block_numel:
-                waves.append(current)
-                current, filled = tuple([] for _ in tensor_lists), 0
-    if filled:
-        waves.append(current)
-    return waves

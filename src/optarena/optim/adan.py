@@ -1,7 +1,7 @@
 """Adan: adaptive Nesterov momentum.
 
 Xie, Zhou, Li, Lin, Yan, "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing
-Deep Models" (arXiv:2208.06677), Alg. 1; reference code sail-sg/Adan; ALGORITHMS.md §8.
+Deep Models" (arXiv:2208.06677), Alg. 1; reference code sail-sg/Adan.
 
 **Beta convention.** ``betas=(b1, b2, b3)`` are the weights on the *old* value of each
 moving average, as in the reference code and in ``torch.optim.Adam``: ``b = 1 - β_paper``.
@@ -24,7 +24,7 @@ with the norm over all parameters of all groups; the scaled gradient is what is 
 ``g_prev``, as in the reference. The reference's optional restart is not implemented.
 
 State: four tensors per parameter (m, v, n, previous gradient) = 16 bytes/param in fp32.
-The README suggests a learning rate 5-10x AdamW's and weight decay 0.02.
+The reference code's README suggests a learning rate 5-10x AdamW's and weight decay 0.02.
 """
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim import _native
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
-from optarena.optim._fused import fused_kernel
+from optarena.optim._foreach import groups_with_grads, run_closure
+from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["Adan"]
@@ -54,9 +53,7 @@ class Adan(torch.optim.Optimizer):
         no_prox: ``False`` (default) decays proximally, ``True`` decoupled like AdamW.
         max_grad_norm: global gradient-norm clipping inside the optimizer; 0 disables (default).
         foreach: use multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
-            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
-            tensors (compiles at the first step; :mod:`optarena.optim._fused`).
+        fused: one pass per tensor (default False; :mod:`optarena.optim.kernels`).
     """
 
     def __init__(
@@ -103,10 +100,7 @@ class Adan(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = run_closure(closure)
         clip = self._clip_factor()
-        for group in self.param_groups:
-            params, grads = collect_grads("Adan", group["params"])
-            if not params:
-                continue
+        for group, params, grads in groups_with_grads(self):
             if not (isinstance(clip, float) and clip == 1.0):
                 grads = [g * clip.to(g.dtype) for g in grads]  # scaled copies; p.grad stays as it was
             group["step"] = group.get("step", 0) + 1
@@ -122,20 +116,12 @@ class Adan(torch.optim.Optimizer):
                 exp_avg_diffs.append(state["exp_avg_diff"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 prev_grads.append(state["prev_grad"])
-            step_fn = _adan_foreach if group["foreach"] else _adan_single_tensor
-            for chunk in group_by_device_dtype(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads):
-                if group.get("fused"):
-                    size_m, size_v, eps_scaled = _step_sizes(group["step"], group["lr"], group["betas"], group["eps"])
-                    b1, b2, b3 = (float(b) for b in group["betas"])
-                    chunk = _adan_fused.apply(chunk, b1=b1, b2=b2, b3=b3, size_m=float(size_m), size_v=float(size_v),
-                                              eps_scaled=float(eps_scaled),
-                                              decay=float(group["lr"] * group["weight_decay"]),
-                                              no_prox=bool(group["no_prox"]))
-                    if not chunk[0]:
-                        continue
-                for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
-                    step_fn(*wave, step=group["step"], lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                            weight_decay=group["weight_decay"], no_prox=group["no_prox"])
+            size_m, size_v, eps_scaled = _step_sizes(group["step"], group["lr"], group["betas"], group["eps"])
+            b1, b2, b3 = (float(b) for b in group["betas"])
+            hyper = dict(b1=b1, b2=b2, b3=b3, size_m=float(size_m), size_v=float(size_v),
+                         eps_scaled=float(eps_scaled), decay=float(group["lr"] * group["weight_decay"]),
+                         no_prox=bool(group["no_prox"]))
+            _ADAN.run(group, (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads), hyper, hyper)
         return loss
 
 
@@ -149,10 +135,8 @@ def _step_sizes(step: int, lr: float, betas: tuple[float, float, float], eps: fl
 def _adan_single_tensor(
     params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
     exp_avg_diffs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], prev_grads: list[torch.Tensor],
-    *, step: int, lr: float, betas: tuple[float, float, float], eps: float, weight_decay: float, no_prox: bool,
+    *, b1: float, b2: float, b3: float, size_m: float, size_v: float, eps_scaled: float, decay: float, no_prox: bool,
 ) -> None:
-    b1, b2, b3 = betas
-    size_m, size_v, eps_scaled = _step_sizes(step, lr, betas, eps)
     for p, g, m, v, n, prev in zip(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads):
         diff = g - prev
         m.lerp_(g, 1 - b1)
@@ -160,22 +144,20 @@ def _adan_single_tensor(
         z = g.add(diff, alpha=b2)
         n.mul_(b3).addcmul_(z, z, value=1 - b3)
         denom = n.sqrt().add_(eps_scaled)
-        if weight_decay != 0 and no_prox:
-            p.mul_(1 - lr * weight_decay)
+        if decay != 0 and no_prox:
+            p.mul_(1 - decay)
         p.addcdiv_(m, denom, value=-size_m)
         p.addcdiv_(v, denom, value=-size_v)
-        if weight_decay != 0 and not no_prox:
-            p.div_(1 + lr * weight_decay)
+        if decay != 0 and not no_prox:
+            p.div_(1 + decay)
         prev.copy_(g)
 
 
 def _adan_foreach(
     params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
     exp_avg_diffs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], prev_grads: list[torch.Tensor],
-    *, step: int, lr: float, betas: tuple[float, float, float], eps: float, weight_decay: float, no_prox: bool,
+    *, b1: float, b2: float, b3: float, size_m: float, size_v: float, eps_scaled: float, decay: float, no_prox: bool,
 ) -> None:
-    b1, b2, b3 = betas
-    size_m, size_v, eps_scaled = _step_sizes(step, lr, betas, eps)
     diffs = torch._foreach_sub(grads, prev_grads)
     torch._foreach_lerp_(exp_avgs, grads, 1 - b1)
     torch._foreach_lerp_(exp_avg_diffs, diffs, 1 - b2)
@@ -184,30 +166,13 @@ def _adan_foreach(
     torch._foreach_addcmul_(exp_avg_sqs, corrected, corrected, 1 - b3)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, eps_scaled)
-    if weight_decay != 0 and no_prox:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    if decay != 0 and no_prox:
+        torch._foreach_mul_(params, 1 - decay)
     torch._foreach_addcdiv_(params, exp_avgs, denom, -size_m)
     torch._foreach_addcdiv_(params, exp_avg_diffs, denom, -size_v)
-    if weight_decay != 0 and not no_prox:
-        torch._foreach_div_(params, 1 + lr * weight_decay)
+    if decay != 0 and not no_prox:
+        torch._foreach_div_(params, 1 + decay)
     torch._foreach_copy_(prev_grads, grads)
-
-
-@fused_kernel(native=_native.adan_step)
-def _adan_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, n: torch.Tensor,
-                prev: torch.Tensor, *, b1: torch.Tensor, b2: torch.Tensor, b3: torch.Tensor, size_m: torch.Tensor,
-                size_v: torch.Tensor, eps_scaled: torch.Tensor, decay: torch.Tensor, no_prox: bool) -> None:
-    diff = g - prev
-    z = g + diff * b2
-    m.mul_(b1).add_(g * (1 - b1))
-    v.mul_(b2).add_(diff * (1 - b2))
-    n.mul_(b3).add_(z * z * (1 - b3))
-    if no_prox:
-        p.mul_(1 - decay)
-    p.sub_((m * size_m + v * size_v) / (n.sqrt() + eps_scaled))
-    if not no_prox:
-        p.div_(1 + decay)
-    prev.copy_(g)
 
 
 register(
@@ -223,3 +188,5 @@ register(
         description="Nesterov momentum estimated from gradient differences; m, v, n and the previous gradient",
     )
 )
+
+_ADAN = ElementwiseUpdate(_adan_single_tensor, _adan_foreach, elementwise.adan)

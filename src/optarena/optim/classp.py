@@ -2,7 +2,7 @@
 
 Ludwig, "CLASSP: a Biologically-Inspired Approach to Continual Learning through Adjustment
 Suppression and Sparsity Promotion" (arXiv:2405.09637); reference code
-oswaldoludwig/CLASSP; ALGORITHMS.md §14. Two principles, element by element:
+oswaldoludwig/CLASSP. Two principles, element by element:
 
 - *adjustment suppression*: a weight's step shrinks with the p-th power sum of all its
   past gradients (an AdaGrad generalisation; p = 2 and no threshold is AdaGrad);
@@ -35,19 +35,18 @@ never decays.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
-from optarena.optim import _native
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure, zeros_state
-from optarena.optim._fused import fused_kernel
+from optarena.optim._foreach import GroupwiseOptimizer, zeros_state
+from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["CLASSP"]
 
 
-class CLASSP(torch.optim.Optimizer):
+class CLASSP(GroupwiseOptimizer):
     """CLASSP (see module docstring). Defaults from the reference code.
 
     Args:
@@ -59,9 +58,7 @@ class CLASSP(torch.optim.Optimizer):
         apply_scaling: divide by the accumulated root (default True); False is thresholded SGD.
         include_current: include the current gradient in the accumulator (default False, the paper).
         foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
-            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
-            tensors (compiles at the first step; :mod:`optarena.optim._fused`).
+        fused: one pass per tensor (default False; :mod:`optarena.optim.kernels`).
     """
 
     def __init__(
@@ -88,28 +85,16 @@ class CLASSP(torch.optim.Optimizer):
                         include_current=include_current, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("CLASSP", group["params"])
-            (sums,) = zeros_state(self, params, "grad_power_sum")
-            step_fn = _classp_foreach if group["foreach"] else _classp_single_tensor
-            for chunk in group_by_device_dtype(params, grads, sums):
-                if group.get("fused"):
-                    power = float(group["power"])
-                    chunk = _classp_fused.apply(
-                        chunk, lr=float(group["lr"]), threshold=float(group["threshold"]), eps=float(group["eps"]),
-                        power=power, power_kind=int(power) if power in (1.0, 2.0) else 0,
-                        apply_scaling=bool(group["apply_scaling"]), include_current=bool(group["include_current"]),
-                        thresholded=group["threshold"] > 0)
-                    if not chunk[0]:
-                        continue
-                for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
-                    step_fn(*wave, lr=group["lr"], threshold=group["threshold"], eps=group["eps"],
-                            power=group["power"], apply_scaling=group["apply_scaling"],
-                            include_current=group["include_current"])
-        return loss
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        (sums,) = zeros_state(self, params, "grad_power_sum")
+        hyper = dict(lr=group["lr"], threshold=group["threshold"], eps=group["eps"], power=group["power"],
+                     apply_scaling=group["apply_scaling"], include_current=group["include_current"])
+        power = float(group["power"])
+        kernel_hyper = dict(lr=float(group["lr"]), threshold=float(group["threshold"]), eps=float(group["eps"]),
+                            power=power, power_kind=int(power) if power in (1.0, 2.0) else 0,
+                            apply_scaling=bool(group["apply_scaling"]),
+                            include_current=bool(group["include_current"]), thresholded=group["threshold"] > 0)
+        _CLASSP.run(group, (params, grads, sums), hyper, kernel_hyper)
 
 
 def _accumulate(acc: torch.Tensor, g: torch.Tensor, power: float) -> None:
@@ -164,25 +149,6 @@ def _classp_foreach(
         accumulate()
 
 
-@fused_kernel(native=_native.classp_step)
-def _classp_fused(p: torch.Tensor, g: torch.Tensor, acc: torch.Tensor, *, lr: torch.Tensor, threshold: torch.Tensor,
-                  eps: torch.Tensor, power: torch.Tensor, power_kind: int, apply_scaling: bool,
-                  include_current: bool, thresholded: bool) -> None:
-    """One CLASSP step; ``power_kind`` 1 or 2 spells out those powers, 0 uses ``power``."""
-    powered = g.abs() if power_kind == 1 else g * g if power_kind == 2 else g.abs().pow(power)
-    total = acc + powered if include_current else acc
-    if apply_scaling:
-        root = total + eps if power_kind == 1 else (total + eps).sqrt() if power_kind == 2 else (
-            (total + eps).pow(1 / power))
-        update = g / root
-    else:
-        update = g
-    if thresholded:
-        update = torch.where(g * g > threshold, update, 0.0)
-    p.sub_(update * lr)
-    acc.add_(powered)
-
-
 register(
     OptimizerSpec(
         name="classp",
@@ -196,3 +162,5 @@ register(
         description="AdaGrad-like p-power suppression of much-updated weights plus a gradient threshold",
     )
 )
+
+_CLASSP = ElementwiseUpdate(_classp_single_tensor, _classp_foreach, elementwise.classp)

@@ -2,7 +2,7 @@
 
 Chen et al., "Symbolic Discovery of Optimization Algorithms" (arXiv:2302.06675), Alg. 2;
 Chen, Liu, Liang, Liu, "Lion Secretly Solves Constrained Optimization, As Lyapunov
-Predicts" (arXiv:2310.05898); ALGORITHMS.md §9. Per parameter ``θ`` with gradient ``g``
+Predicts" (arXiv:2310.05898). Per parameter ``θ`` with gradient ``g``
 and momentum ``m``::
 
     c <- beta1 m + (1 - beta1) g          # interpolation used for the update
@@ -24,17 +24,14 @@ sign: ``f`` subject to ‖x‖_∞ <= 1/wd). ``kappa`` picks the map:
 
 The √n and √max(rows, cols) factors are our choice, not the paper's: they give every
 built-in map an update of RMS 1 on random inputs, as sign has, so one learning rate
-range serves all of them. The paper's table of κ choices was not available to us; the
-list above is the families named in its abstract and in ALGORITHMS.md.
+range serves all of them. The list above is the families of κ named in the paper's abstract.
 
 One state tensor per parameter (4 bytes/param for float32). Typical lr is 3-10x smaller
 than AdamW's and weight decay 3-10x larger, so ``lr * wd`` stays comparable.
 
-``fused=True`` (sign map only) runs the whole update as one pass per tensor (a C loop on
-CPU float32, :mod:`optarena.optim._native`; a compiled one elsewhere,
-:mod:`optarena.optim._fused`): it reads θ, g, m and writes θ, m once, the least memory
-traffic the method allows. It computes in float32 or wider and rounds once per stored
-tensor; results agree with the foreach path to rounding.
+``fused=True`` (sign map only) runs the whole update as one pass per tensor
+(:func:`optarena.optim.kernels.elementwise.lion`): it reads θ, g, m and writes θ, m once,
+the least memory traffic the method allows.
 """
 
 from __future__ import annotations
@@ -44,16 +41,17 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim import _native
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure, zeros_state
-from optarena.optim._fused import fused_kernel
+from optarena.optim._foreach import GroupwiseOptimizer, zeros_state
+from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.orthogonalize import orthogonalize_many
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["KAPPAS", "Lion"]
 
 KAPPAS = ("sign", "l2", "identity", "smooth_sign", "nuclear")
-class Lion(torch.optim.Optimizer):
+
+
+class Lion(GroupwiseOptimizer):
     """Lion and Lion-κ (see module docstring). Defaults from the paper: lr=1e-4, betas=(0.9, 0.99).
 
     Args:
@@ -64,9 +62,7 @@ class Lion(torch.optim.Optimizer):
         kappa: the direction map, one of ``KAPPAS`` or a callable (default ``"sign"``).
         kappa_eps: ``e`` of the ``"smooth_sign"`` map (> 0).
         foreach: use multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
-            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
-            tensors (compiles at the first step; :mod:`optarena.optim._fused`); ``kappa="sign"`` only.
+        fused: one pass per tensor (default False; :mod:`optarena.optim.kernels`); ``kappa="sign"`` only.
     """
 
     def __init__(
@@ -96,26 +92,15 @@ class Lion(torch.optim.Optimizer):
                         kappa_eps=kappa_eps, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("Lion", group["params"])
-            (exp_avgs,) = zeros_state(self, params, "exp_avg")
-            kappa = group.get("kappa", "sign")
-            elementwise = kappa in ("sign", "identity", "smooth_sign")  # l2, nuclear, callables see whole tensors
-            step_fn = _lion_foreach if group["foreach"] else _lion_single_tensor
-            for chunk in group_by_device_dtype(params, grads, exp_avgs):
-                if group.get("fused") and kappa == "sign":
-                    beta1, beta2 = group["betas"]
-                    chunk = _lion_fused.apply(chunk, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
-                                              weight_decay=float(group["weight_decay"]))
-                    if not chunk[0]:
-                        continue
-                for wave in (cache_blocks(chunk) if group["foreach"] and elementwise else [chunk]):
-                    step_fn(*wave, lr=group["lr"], betas=group["betas"], weight_decay=group["weight_decay"],
-                            kappa=kappa, kappa_eps=group.get("kappa_eps", 1e-8))
-        return loss
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        (exp_avgs,) = zeros_state(self, params, "exp_avg")
+        kappa = group.get("kappa", "sign")
+        lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+        hyper = dict(lr=lr, betas=(beta1, beta2), weight_decay=wd, kappa=kappa,
+                     kappa_eps=group.get("kappa_eps", 1e-8))
+        kernel_hyper = dict(lr=float(lr), beta1=float(beta1), beta2=float(beta2), weight_decay=float(wd))
+        _LION.run(group, (params, grads, exp_avgs), hyper, kernel_hyper if kappa == "sign" else None,
+                  blocked=kappa in ("sign", "identity", "smooth_sign"))  # l2, nuclear, callables: whole tensors
 
 
 def kappa_direction(
@@ -177,14 +162,6 @@ def _lion_foreach(
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
 
 
-@fused_kernel(native=_native.lion_step)
-def _lion_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, *, lr: torch.Tensor, beta1: torch.Tensor,
-                beta2: torch.Tensor, weight_decay: torch.Tensor) -> None:
-    update = torch.sign(m * beta1 + g * (1 - beta1))
-    p.mul_(1 - lr * weight_decay).sub_(update * lr)
-    m.mul_(beta2).add_(g * (1 - beta2))
-
-
 register(
     OptimizerSpec(
         name="lion",
@@ -197,3 +174,5 @@ register(
         description="sign of interpolated momentum (Lion-κ maps via kappa=); one state buffer",
     )
 )
+
+_LION = ElementwiseUpdate(_lion_single_tensor, _lion_foreach, elementwise.lion)

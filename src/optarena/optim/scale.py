@@ -2,7 +2,7 @@
 
 "A Minimalist Optimizer Design for LLM Pretraining"
 (arXiv:2506.16659); reference code OptimAI-Lab/Minimalist_LLM_Pretraining
-(``pt_scale/scale_optimizer.py``); ALGORITHMS.md §6.
+(``pt_scale/scale_optimizer.py``).
 
 Each parameter group has a ``role`` (set by :func:`optarena.optim.create_optimizer` from
 :mod:`optarena.optim.partition`; ``None`` infers ``"hidden"`` for tensors with two or more
@@ -31,22 +31,17 @@ State: none on hidden matrices (the figure the registry reports), one buffer on 
 readout, two on vectors.
 
 ``fused=True`` runs the matrix updates of large CPU float32 tensors in C
-(:mod:`optarena.optim._native`): each row is read from memory once, its RMS summed while the
-previous row is updated, and it is updated from the cache in the next sweep (with the
-readout's momentum in the same pass); the update multiplies by 1 / RMS where the eager path
-divides (an ulp apart). An embedding takes two passes (its column RMS needs every row first).
+(:mod:`optarena.optim.kernels.rms`), reading each row from memory once.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
-from optarena.optim import _native
-from optarena.optim._foreach import adamw_rule, collect_grads, group_by_device_dtype, run_closure, zeros_state
-from optarena.optim._fused import fusable
+from optarena.optim._foreach import GroupwiseOptimizer, adamw_rule, group_by_device_dtype, zeros_state
+from optarena.optim.kernels import rms
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["SCALE", "SCALE_ROLES"]
@@ -60,7 +55,7 @@ def _rms_normalize_step(p: torch.Tensor, direction: torch.Tensor, dim: int, lr: 
     acc = torch.promote_types(direction.dtype, torch.float32)
     if dim == 1:
         sq = torch.linalg.vector_norm(d2, dim=1, keepdim=True, dtype=acc).square_()
-    else:  # column sums of squares: a strided norm over dim 0 is ~8x slower on CPU than this dot product
+    else:  # column sums of squares: a dot product per column, not a strided norm over dim 0
         cols = d2.to(acc).t()
         sq = torch.linalg.vecdot(cols, cols, dim=1).unsqueeze(0)
     rms = sq.div_(d2.shape[dim]).sqrt_().clamp_min_(1e-8).to(direction.dtype)
@@ -69,7 +64,7 @@ def _rms_normalize_step(p: torch.Tensor, direction: torch.Tensor, dim: int, lr: 
     p.view(d2.shape).addcdiv_(d2, rms, value=-lr)
 
 
-class SCALE(torch.optim.Optimizer):
+class SCALE(GroupwiseOptimizer):
     """SCALE (see module docstring).
 
     Args:
@@ -118,37 +113,30 @@ class SCALE(torch.optim.Optimizer):
                         raise ValueError(f"SCALE {group['role']} groups take tensors with ndim >= 2, got shape "
                                          f"{tuple(p.shape)}; put it in a group with role='vector'")
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("SCALE", group["params"])
-            if not params:
-                continue
-            lr, wd, role = group["lr"], group["weight_decay"], group["role"]
-            vec_params, vec_grads = [], []
-            for p, g in zip(params, grads):
-                kind = role if role is not None else ("hidden" if p.ndim >= 2 else "vector")
-                if kind == "vector":
-                    vec_params.append(p)
-                    vec_grads.append(g)
-                elif kind == "readout":
-                    buf = zeros_state(self, [p], "momentum_buffer")[0][0]
-                    if group.get("fused") and fusable(p, g, buf) and _native.usable(p, g, buf):
-                        _native.row_rms_step(p, g, buf, weight=1 - group["momentum"], lr=lr, decay=lr * wd)
-                        continue
-                    buf.lerp_(g, 1 - group["momentum"])
-                    _rms_normalize_step(p, buf, dim=1, lr=lr, weight_decay=wd)
-                elif group.get("fused") and fusable(p, g) and _native.usable(p, g):
-                    if kind == "embedding":
-                        _native.col_rms_step(p, g, lr=lr, decay=lr * wd)
-                    else:
-                        _native.row_rms_step(p, g, None, weight=0.0, lr=lr, decay=lr * wd)
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        lr, wd, role = group["lr"], group["weight_decay"], group["role"]
+        vec_params, vec_grads = [], []
+        for p, g in zip(params, grads):
+            kind = role if role is not None else ("hidden" if p.ndim >= 2 else "vector")
+            if kind == "vector":
+                vec_params.append(p)
+                vec_grads.append(g)
+            elif kind == "readout":
+                buf = zeros_state(self, [p], "momentum_buffer")[0][0]
+                if group.get("fused") and rms.takes(p, g, buf):
+                    rms.row_rms_step(p, g, buf, weight=1 - group["momentum"], lr=lr, decay=lr * wd)
+                    continue
+                buf.lerp_(g, 1 - group["momentum"])
+                _rms_normalize_step(p, buf, dim=1, lr=lr, weight_decay=wd)
+            elif group.get("fused") and rms.takes(p, g):
+                if kind == "embedding":
+                    rms.col_rms_step(p, g, lr=lr, decay=lr * wd)
                 else:
-                    _rms_normalize_step(p, g, dim=0 if kind == "embedding" else 1, lr=lr, weight_decay=wd)
-            if vec_params:
-                self._adamw_vectors(group, vec_params, vec_grads)
-        return loss
+                    rms.row_rms_step(p, g, None, weight=0.0, lr=lr, decay=lr * wd)
+            else:
+                _rms_normalize_step(p, g, dim=0 if kind == "embedding" else 1, lr=lr, weight_decay=wd)
+        if vec_params:
+            self._adamw_vectors(group, vec_params, vec_grads)
 
     def _adamw_vectors(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         group["adamw_step"] = step = group.get("adamw_step", 0) + 1

@@ -2,7 +2,7 @@
 
 Defazio, Yang, Mehta, Mishchenko, Khaled, Cutkosky, "The Road Less Scheduled"
 (arXiv:2405.15682); reference code facebookresearch/schedule_free
-(``adamw_schedulefree.py``, v1.3 behaviour); ALGORITHMS.md §20. The AlgoPerf 2024
+(``adamw_schedulefree.py``, v1.3 behaviour). The AlgoPerf 2024
 self-tuning track winner, here as an external anchor.
 
 Three sequences per parameter: ``z`` (the base Adam-style iterate), ``x`` (a weighted
@@ -33,9 +33,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim import _native
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
-from optarena.optim._fused import fused_kernel
+from optarena.optim._foreach import group_by_device_dtype, groups_with_grads, run_closure
+from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.hooks import TrainingHooks
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
 
@@ -55,9 +54,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer, TrainingHooks):
         r: polynomial weighting of the average (default 0).
         weight_lr_power: weight of ``lr_max`` in the average (default 2).
         foreach: multi-tensor kernels (default True); ``False`` loops over tensors.
-        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
-            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
-            tensors (compiles at the first step; :mod:`optarena.optim._fused`).
+        fused: one pass per tensor (default False; :mod:`optarena.optim.kernels`).
     """
 
     def __init__(
@@ -118,10 +115,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer, TrainingHooks):
         if not all(g["train_mode"] for g in self.param_groups):
             raise RuntimeError("ScheduleFreeAdamW.step() called in eval mode; call optimizer.train() first")
         loss = run_closure(closure)
-        for group in self.param_groups:
-            params, grads = collect_grads("ScheduleFreeAdamW", group["params"])
-            if not params:
-                continue
+        for group, params, grads in groups_with_grads(self):
             k = group["step"]
             warmup = group["warmup_steps"]
             lr = group["lr"] * ((k + 1) / warmup if k < warmup else 1.0)
@@ -138,17 +132,10 @@ class ScheduleFreeAdamW(torch.optim.Optimizer, TrainingHooks):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 zs.append(state["z"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
-            step_fn = _sf_adamw_foreach if group["foreach"] else _sf_adamw_single_tensor
             scalars = dict(lr=float(lr), ckp=float(ckp), beta1=float(group["betas"][0]),
                            beta2=float(group["betas"][1]), bc2_sqrt=math.sqrt(1 - group["betas"][1] ** (k + 1)),
                            eps=float(group["eps"]), weight_decay=float(group["weight_decay"]))
-            for chunk in group_by_device_dtype(params, grads, zs, exp_avg_sqs):
-                if group.get("fused"):
-                    chunk = _sf_adamw_fused.apply(chunk, **scalars)
-                    if not chunk[0]:
-                        continue
-                for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
-                    step_fn(*wave, **scalars)
+            _SF_ADAMW.run(group, (params, grads, zs, exp_avg_sqs), scalars, scalars)
         return loss
 
 
@@ -183,16 +170,6 @@ def _sf_adamw_foreach(
     torch._foreach_sub_(zs, normalized, alpha=lr)
 
 
-@fused_kernel(native=_native.sf_adamw_step)
-def _sf_adamw_fused(y: torch.Tensor, g: torch.Tensor, z: torch.Tensor, v: torch.Tensor, *, lr: torch.Tensor,
-                    ckp: torch.Tensor, beta1: torch.Tensor, beta2: torch.Tensor, bc2_sqrt: torch.Tensor,
-                    eps: torch.Tensor, weight_decay: torch.Tensor) -> None:
-    v.mul_(beta2).add_(g * g * (1 - beta2))
-    normalized = g / (v.sqrt() / bc2_sqrt + eps) + y * weight_decay
-    y.add_((z - y) * ckp).add_(normalized * (lr * (beta1 * (1 - ckp) - 1)))
-    z.sub_(normalized * lr)
-
-
 register(
     OptimizerSpec(
         name="schedule_free_adamw",
@@ -206,3 +183,5 @@ register(
         uses_schedule=False,
     )
 )
+
+_SF_ADAMW = ElementwiseUpdate(_sf_adamw_single_tensor, _sf_adamw_foreach, elementwise.sf_adamw)

@@ -2,7 +2,7 @@
 
 Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order Optimizer for
 Language Model Pre-training" (arXiv:2305.14342); reference code Liuhong99/Sophia
-(SophiaG) and Levanter's ``optim/sophia.py`` (SophiaH); ALGORITHMS.md §10.
+(SophiaG) and Levanter's ``optim/sophia.py`` (SophiaH).
 
 Every step, per parameter with gradient ``g``, momentum ``m`` and Hessian estimate ``h``::
 
@@ -54,9 +54,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim import _native
-from optarena.optim._foreach import cache_blocks, collect_grads, group_by_device_dtype, run_closure
-from optarena.optim._fused import fused_kernel
+from optarena.optim._foreach import collect_grads, run_closure
+from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.hooks import TrainingHooks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
@@ -146,17 +145,9 @@ class _Sophia(torch.optim.Optimizer, TrainingHooks):
                     self._init_state(p)
                 exp_avgs.append(self.state[p]["exp_avg"])
                 hessians.append(self.state[p]["hessian"])
-            step_fn = _sophia_foreach if group["foreach"] else _sophia_single_tensor
-            for chunk in group_by_device_dtype(params, grads, exp_avgs, hessians):
-                if group.get("fused"):
-                    chunk = _sophia_fused.apply(chunk, lr=float(group["lr"]), beta1=float(group["betas"][0]),
-                                                rho=float(group["rho"]), weight_decay=float(group["weight_decay"]),
-                                                eps=float(group["eps"]))
-                    if not chunk[0]:
-                        continue
-                for wave in cache_blocks(chunk) if group["foreach"] else [chunk]:
-                    step_fn(*wave, lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
-                            weight_decay=group["weight_decay"], eps=group["eps"])
+            hyper = dict(lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
+                         weight_decay=group["weight_decay"], eps=group["eps"])
+            _SOPHIA.run(group, (params, grads, exp_avgs, hessians), hyper, {k: float(v) for k, v in hyper.items()})
         return loss
 
 
@@ -191,13 +182,7 @@ def _sophia_foreach(
     torch._foreach_add_(params, ratio, alpha=-lr / rho)
 
 
-@fused_kernel(native=_native.sophia_step)
-def _sophia_fused(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, h: torch.Tensor, *, lr: torch.Tensor,
-                  beta1: torch.Tensor, rho: torch.Tensor, weight_decay: torch.Tensor, eps: torch.Tensor) -> None:
-    p.mul_(1 - lr * weight_decay)
-    m.mul_(beta1).add_(g * (1 - beta1))
-    ratio = torch.clamp(m / torch.clamp(h, min=eps / rho), min=-rho, max=rho)
-    p.sub_(ratio * (lr / rho))
+_SOPHIA = ElementwiseUpdate(_sophia_single_tensor, _sophia_foreach, elementwise.sophia)
 
 
 class SophiaG(_Sophia):
@@ -213,9 +198,7 @@ class SophiaG(_Sophia):
         hessian_interval: steps between Hessian estimates (default 10).
         batch_size: default ``B`` of ``update_hessian`` (label samples in the estimation loss).
         foreach: multi-tensor update (default True).
-        fused: one pass per tensor (default False): a C kernel on CPU float32 tensors of
-            any size (:mod:`optarena.optim._native`), a ``torch.compile`` kernel on other large
-            tensors (compiles at the first step; :mod:`optarena.optim._fused`).
+        fused: one pass per tensor (default False; :mod:`optarena.optim.kernels`).
     """
 
     _name = "SophiaG"

@@ -2,16 +2,17 @@
  *
  * Two kinds:
  * - steps that need a reduction before their update (AdamP, SGDP, SCALE, AM-SGD, AM-AdamW).
- *   torch.compile (optarena/optim/_fused.py) emits the reduction and the update as two loops,
- *   so the data is read twice. Here each kernel reads and writes every element once where the
- *   method allows it (AdamP, SGDP, SCALE's rows), or takes two passes whose second reads what
- *   the first just left in the cache (SCALE's embedding columns, AM-SGD, AM-AdamW);
- * - purely elementwise steps (Lion, Adan, Sophia, CLASSP, Schedule-Free AdamW). torch.compile
- *   makes these one loop too, but its loops ran 1.3-1.6x slower than these on this project's
- *   CPUs (Lion over 25M parameters: 40.5 vs 26.6 ms at one thread, 27.3 vs 16.9 ms at two).
+ *   torch.compile emits the reduction and the update as two loops, so the data is read twice.
+ *   Here each kernel reads and writes every element once where the method allows it (AdamP,
+ *   SGDP, SCALE's rows), or takes two passes whose second reads what the first just left in
+ *   the cache (SCALE's embedding columns, AM-SGD, AM-AdamW);
+ * - purely elementwise steps (Lion, Adan, Sophia, CLASSP, Schedule-Free AdamW) in one pass.
  *
- * Built by optarena/optim/_native.py with the system C compiler (-O3 -march=native
- * -fopenmp -ffp-contract=off); float32, contiguous tensors only. The per-element
+ * Built and loaded by optarena/optim/kernels/native.py with the system C compiler (-O3
+ * -march=native -fopenmp -ffp-contract=off); float32, contiguous tensors only. Every exported
+ * function is ``void optarena_<name>_f32(...)``, defined with its opening brace on the line of its
+ * prototype: the loader parses these prototypes (types float *, double *, int64_t, double, int)
+ * and Python passes the arguments by these parameter names. The per-element
  * arithmetic follows the eager code of each optimizer op by op (no fused multiply-add),
  * so the two paths agree to float32 rounding. Flat reductions accumulate in float32 over
  * sub-blocks of SUB elements, then in double over fixed blocks combined in a fixed order;
@@ -27,7 +28,7 @@
 
 #define BLOCK 16384 /* elements per partial sum of a flat reduction */
 #define SUB 512      /* elements summed in float32 before a partial sum in double: converting every
-                        product to double made AM-AdamW's first pass compute-bound */
+                        product to double would make AM-AdamW's first pass compute-bound */
 
 /* torch.lerp's formula: start + w (end - start) for w < 0.5, else end - (end - start)(1 - w). */
 static inline float lerp(float start, float end, float w) {
@@ -61,8 +62,8 @@ struct invariance_step {
 
 /* Row r of AdamP's (adam = 1) or SGDP's (adam = 0) pass: the unprojected step, fused with the row's sums of
  * the scale-invariance test (over θ before the update) into sums[3 r + k]. s1, s2: AdamP's m and v, or
- * SGDP's buffer and NULL. Called inside each method's parallel loop with a literal adam: called outside,
- * OpenMP's outlined region would take adam as a variable and the loop ran 2-3x slower. */
+ * SGDP's buffer and NULL. Called inside each method's parallel loop with a literal adam, so that each
+ * inlined copy is specialised (called outside, OpenMP's outlined region would take adam as a variable). */
 static inline __attribute__((always_inline)) void invariance_step_row(
     const struct invariance_step *k, int adam, float *p, const float *g, float *s1, float *s2, int64_t r,
     int64_t cols, double *sums) {
@@ -115,12 +116,12 @@ void optarena_adamp_f32(float *p, const float *g, float *m, float *v, int64_t ro
 }
 
 /* SGDP without projection, fused with the same test. */
-void optarena_sgdp_f32(float *p, const float *g, float *buf, int64_t rows, int64_t cols, double momentum,
-                       double damp, double lr, double decay, int nesterov, double test_eps, double *sums,
-                       double *cosines, int threads) {
+void optarena_sgdp_f32(float *p, const float *g, float *buf, int64_t rows, int64_t cols, double mu, double damp,
+                       double lr, double decay, int nesterov, double test_eps, double *sums, double *cosines,
+                       int threads) {
     const struct invariance_step k = {
         .nesterov = nesterov, .decayed = decay != 0.0, .keep = (float)(1.0 - decay), .step = (float)-lr,
-        .mu = (float)momentum, .dm = (float)damp};
+        .mu = (float)mu, .dm = (float)damp};
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t r = 0; r < rows; ++r)
         invariance_step_row(&k, 0, p, g, buf, NULL, r, cols, sums);
@@ -174,8 +175,8 @@ static inline __attribute__((always_inline)) void scale_rows(float *p, const flo
 
 /* SCALE on a hidden or readout matrix: θ <- θ (1 - decay) - lr d / max(rms of d's row, 1e-8), with d = g, or
  * with buf the momentum buf <- lerp(buf, g, weight) computed in the same pass. Pipelined (scale_rows): one
- * pass over memory with two streams at a time; summing a row and then updating it ran 1.2-1.4x an in-place
- * add. The update multiplies by 1 / rms where the eager code divides by it: an ulp apart at most. */
+ * pass over memory with two streams at a time. The update multiplies by 1 / rms where the eager code
+ * divides by it: an ulp apart at most. */
 void optarena_row_rms_f32(float *p, const float *g, float *buf, int64_t rows, int64_t cols, double weight,
                           double lr, double decay, int threads) {
     const float w = (float)weight, keep = (float)(1.0 - decay);
@@ -368,7 +369,7 @@ void optarena_am_adamw_update_f32(float *p, const float *g, float *d, const floa
 }
 
 /* Purely elementwise steps: one pass, each element read and written once. Each follows the
- * compiled function of the same method (``_<method>_fused`` in its module) op by op. */
+ * compiled function of the same name in optarena/optim/kernels/elementwise.py op by op. */
 
 static inline float sign_of(float x) { return (float)((x > 0.0f) - (x < 0.0f)); } /* torch.sign, NaN -> 0 */
 
@@ -390,15 +391,15 @@ void optarena_lion_f32(float *p, const float *g, float *m, int64_t n, double lr,
  * θ <- (θ (1 - decay if no_prox) - (size_m m + size_v v) / (sqrt(n) + eps_scaled)) / (1 + decay unless no_prox);
  * g_prev <- g. */
 void optarena_adan_f32(float *p, const float *g, float *m, float *v, float *nsq, float *prev, int64_t n,
-                       double beta1, double beta2, double beta3, double size_m, double size_v, double eps_scaled,
+                       double b1, double b2, double b3, double size_m, double size_v, double eps_scaled,
                        double decay, int no_prox, int threads) {
-    const float b1 = (float)beta1, w1 = (float)(1.0 - beta1), b2 = (float)beta2, w2 = (float)(1.0 - beta2);
-    const float b3 = (float)beta3, w3 = (float)(1.0 - beta3), sm = (float)size_m, sv = (float)size_v;
+    const float beta1 = (float)b1, w1 = (float)(1.0 - b1), beta2 = (float)b2, w2 = (float)(1.0 - b2);
+    const float beta3 = (float)b3, w3 = (float)(1.0 - b3), sm = (float)size_m, sv = (float)size_v;
     const float e = (float)eps_scaled, keep = (float)(1.0 - decay), shrink = (float)(1.0 + decay);
 #pragma omp parallel for simd schedule(static) num_threads(threads)
     for (int64_t i = 0; i < n; ++i) {
-        const float gi = g[i], diff = gi - prev[i], z = gi + diff * b2;
-        const float mi = m[i] * b1 + gi * w1, vi = v[i] * b2 + diff * w2, ni = nsq[i] * b3 + (z * z) * w3;
+        const float gi = g[i], diff = gi - prev[i], z = gi + diff * beta2;
+        const float mi = m[i] * beta1 + gi * w1, vi = v[i] * beta2 + diff * w2, ni = nsq[i] * beta3 + (z * z) * w3;
         m[i] = mi;
         v[i] = vi;
         nsq[i] = ni;
@@ -435,8 +436,8 @@ static inline float classp_element(float *p, const float *g, float *acc, int64_t
     const float s = power_kind == 1 ? fabsf(gi) : power_kind == 2 ? gi * gi : powf(fabsf(gi), pw);
     const float total = include_current ? acc[i] + s : acc[i];
     const float shifted = total + e;
-    /* every element divides (g / 1 is exact, so unscaled is g) and the threshold selects: with a
-     * branch, or a division only under the condition, GCC's loops ran 2-10x slower */
+    /* every element divides (g / 1 is exact, so unscaled is g) and the threshold selects, so that
+     * the loop has no branch and vectorises */
     const float root = !apply_scaling ? 1.0f : power_kind == 1 ? shifted : power_kind == 2 ? sqrtf(shifted)
                                                                                          : powf(shifted, inv_pw);
     const float scaled = gi / root;

@@ -1,10 +1,9 @@
 """Fused update kernels: one compiled pass over each tensor instead of a chain of foreach ops.
 
 A foreach step streams every state tensor through memory once per op (a Lion step is five
-ops, AdamW's eight); on a CPU that makes it 2-5x slower than the bytes it must move. A
-:class:`FusedKernel` wraps a per-tensor update written in plain torch ops and compiles it
-with ``torch.compile`` into one loop that reads and writes each element once. It is what
-an optimizer's ``fused=True`` runs.
+ops, AdamW's eight). A :class:`FusedKernel` wraps a per-tensor update written in plain torch
+ops and compiles it with ``torch.compile`` into one loop that reads and writes each element
+once. It is what an optimizer's ``fused=True`` runs.
 
 Two choices keep the compiled kernel reusable for the whole run:
 
@@ -14,17 +13,16 @@ Two choices keep the compiled kernel reusable for the whole run:
   float64 tensors, not Python floats. Dynamo specialises on Python floats, so a learning
   rate schedule would otherwise recompile at every step.
 
-Each call costs tens of microseconds of Python and guard overhead, so tensors with fewer
-than ``FUSED_MIN_NUMEL`` elements (biases, norm gains), and non-contiguous ones, are left
-to the caller's foreach path (:func:`fusable`; :meth:`FusedKernel.apply` hands them back).
-A kernel built with ``native=`` (a function of :mod:`optarena.optim._native` with the same
-arguments) runs that hand-written C loop instead wherever the tensors allow it (CPU,
-float32, contiguous: :func:`optarena.optim._native.usable`), at any size, since a C call
-costs microseconds; it compiles only for the rest.
+Each call pays Python and guard overhead, so tensors with fewer than ``FUSED_MIN_NUMEL``
+elements (biases, norm gains), and non-contiguous ones, are left to the caller's foreach
+path (:func:`fusable`; :meth:`FusedKernel.apply` hands them back). A kernel built with
+``native=`` (a C function of :mod:`optarena.optim.kernels.native` with the same arguments)
+runs that hand-written loop instead wherever the tensors allow it (CPU, float32, contiguous:
+:func:`optarena.optim.kernels.native.usable`), at any size, since a C call is cheap; it
+compiles only for the rest.
 
 If ``torch.compile`` is unavailable or fails (no C++ compiler, an unsupported platform),
-the kernel warns once and from then on hands every tensor back (or, called directly, runs
-the plain function), so a step never half-fails.
+the kernel warns once and from then on hands every tensor back, so a step never half-fails.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from optarena.optim import _native
+from optarena.optim.kernels import native as c_kernels
 
 __all__ = ["FUSED_MIN_NUMEL", "FusedKernel", "fusable", "fused_kernel"]
 
@@ -97,7 +95,7 @@ class FusedKernel:
 
         Returns ``(True, output)``, or ``(False, None)`` when the kernel is off (compilation failed).
         """
-        if self.native is not None and _native.usable(*tensors):
+        if self.native is not None and c_kernels.usable(*tensors):
             return True, self.native(*tensors, **hyper)
         if self.disabled:
             return False, None
@@ -106,11 +104,6 @@ class FusedKernel:
         except Exception as exc:  # compilation errors surface at the first call of a new specialisation
             self._disable(exc)
             return False, None
-
-    def __call__(self, *tensors: torch.Tensor, **hyper: Any) -> Any:
-        """Run on one set of tensors: compiled, or the plain function if compilation failed."""
-        ran, out = self.call(*tensors, **hyper)
-        return out if ran else self.fn(*tensors, **hyper)
 
     def apply(self, tensor_lists: Sequence[list[torch.Tensor]], **hyper: Any) -> tuple[list[torch.Tensor], ...]:
         """Update every large contiguous tensor of the parallel lists with the kernel, on flat views.
@@ -121,8 +114,8 @@ class FusedKernel:
         """
         rest: tuple[list[torch.Tensor], ...] = tuple([] for _ in tensor_lists)
         for tensors in zip(*tensor_lists):
-            # the C loop takes tensors of any size (a call costs microseconds), the compiled one large tensors
-            takes = (self.native is not None and _native.usable(*tensors)) or fusable(*tensors)
+            # the C loop takes tensors of any size (a call is cheap), the compiled one large tensors
+            takes = (self.native is not None and c_kernels.usable(*tensors)) or fusable(*tensors)
             if not takes or not self.call(*(t.view(-1) for t in tensors), **hyper)[0]:
                 for out, t in zip(rest, tensors):
                     out.append(t)

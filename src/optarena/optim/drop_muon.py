@@ -1,8 +1,7 @@
 """Drop-Muon: update only a random suffix of the layers at each step (Randomized Progressive Training).
 
 Gruntkowska, Maziane, Qu, Richtárik, "Drop-Muon: Update Less, Converge Faster"
-(arXiv:2510.02239). ALGORITHMS.md §4. No official code was public; this follows the
-paper's algorithm as summarised there.
+(arXiv:2510.02239). No official code was public; this follows the paper's algorithm.
 
 Layers are indexed ``0 .. b-1`` from input to output. At each step a start index
 ``s ~ D`` is drawn and only layers ``s, ..., b-1`` are updated (with Muon: EMA momentum,
@@ -40,8 +39,9 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from optarena.optim._foreach import collect_grads
-from optarena.optim.muon import Muon, check_int
+from optarena.optim.muon import Muon
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.validation import check_int
 
 __all__ = ["DropMuon", "layer_key"]
 
@@ -65,8 +65,6 @@ class DropMuon(Muon):
         Other arguments as :class:`~optarena.optim.Muon`.
     """
 
-    owner = "DropMuon"
-
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -75,7 +73,7 @@ class DropMuon(Muon):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        check_int(self.owner, "seed", seed, 0)
+        check_int("DropMuon", "seed", seed, 0)
         super().__init__(params, lr=lr, **kwargs)
         self.defaults["layer"] = "auto"
         self._layers = self._build_layers()
@@ -156,7 +154,7 @@ class DropMuon(Muon):
 
     def _adamw_group(self, group: dict[str, Any], params: list[torch.Tensor] | None = None,
                      grads: list[torch.Tensor] | None = None) -> None:
-        active = [p for p in collect_grads(self.owner, group["params"])[0] if self._is_active(group, p)]
+        active = [p for p in collect_grads("DropMuon", group["params"])[0] if self._is_active(group, p)]
         super()._adamw_group(group, active)
 
     def _run_on_active(self, group: dict[str, Any], rule: Any) -> None:

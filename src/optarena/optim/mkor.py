@@ -2,7 +2,7 @@
 
 Mozaffari, Li, Zhang, Mehri Dehnavi, "MKOR: Momentum-Enabled Kronecker-Factor-Based
 Optimizer Using Rank-1 Updates" (NeurIPS 2023, arXiv:2306.01685); reference code
-Mohammad-Mozaffari/mkor (``mkor/mkor.py``, ``mkor/utils/factors.py``). ALGORITHMS.md §13.
+Mohammad-Mozaffari/mkor (``mkor/mkor.py``, ``mkor/utils/factors.py``).
 
 For every ``nn.Linear`` whose weight ``W`` (d_out x d_in) is in a ``matrix=True`` group,
 forward hooks record the layer input ``a`` and (through a hook on the output tensor) the
@@ -42,7 +42,7 @@ also get the base optimizer on their raw gradient.
 Deviations from the reference: factors are float32 (the reference defaults to fp16); the
 bias is not folded into the input factor (biases are vectors and get the AdamW rule, so
 ``A_inv`` is d_in x d_in and the norm rescaling uses the weight alone); the stabiliser
-blend ``(1 - zeta) F + zeta I`` is applied on resets after the first as ALGORITHMS.md
+blend ``(1 - zeta) F + zeta I`` is applied on resets after the first, as the paper
 describes (the reference's membership test makes every reset return to ``I``); the
 unused ``stat_decay`` argument is left out (the code hard-codes 0.95 / 0.05, as here);
 statistics of several forward passes before one step are averaged.
@@ -58,11 +58,9 @@ import torch
 from torch import nn
 
 from optarena.optim._foreach import collect_grads
-from optarena.optim.muon import (
-    MatrixOptimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
-    matrix_param_groups,
-)
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import MatrixOptimizer, matrix_param_groups
+from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register, registered_name
+from optarena.validation import check_choice, check_int, check_nonnegative, check_number, check_positive
 
 __all__ = ["MKOR", "MKORH", "sherman_morrison"]
 
@@ -89,9 +87,8 @@ class MKOR(MatrixOptimizer):
         clipping_value: clip of the recorded inputs / scaled output gradients (default 100).
         warmup_steps: update the factors every step for this many first steps (default 0).
         model: the module whose ``nn.Linear`` layers get hooks (``create_optimizer`` passes it).
+        adamw_betas, adamw_eps (default 1e-8), foreach: as :class:`~optarena.optim.matrix_family.MatrixOptimizer`.
     """
-
-    owner = "MKOR"
 
     def __init__(
         self,
@@ -106,37 +103,33 @@ class MKOR(MatrixOptimizer):
         reset_threshold: float = 2.0,
         clipping_value: float = 100.0,
         warmup_steps: int = 0,
-        adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
-        foreach: bool = True,
         model: nn.Module | None = None,
+        **kwargs: Any,
     ) -> None:
-        check_unit_interval(self.owner, "momentum", momentum)
-        check_choice(self.owner, "base", base, BASES)
-        check_int(self.owner, "inv_freq", inv_freq, 1)
-        if not (isinstance(stabilization_factor, (int, float)) and 0.0 < stabilization_factor <= 1.0):
-            raise ValueError(
-                f"{self.owner} stabilization_factor must be in (0, 1], got stabilization_factor={stabilization_factor!r}"
-            )
-        check_positive(self.owner, "reset_threshold", reset_threshold)
-        check_positive(self.owner, "clipping_value", clipping_value)
-        check_int(self.owner, "warmup_steps", warmup_steps, 0)
+        owner = type(self).__name__
+        check_choice(owner, "base", base, BASES)
+        check_int(owner, "inv_freq", inv_freq, 1)
+        check_number(owner, "stabilization_factor", stabilization_factor, 0.0, 1.0, low_open=True)
+        check_positive(owner, "reset_threshold", reset_threshold)
+        check_positive(owner, "clipping_value", clipping_value)
+        check_int(owner, "warmup_steps", warmup_steps, 0)
         groups, model = _take_model(params, model)
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, base=base, inv_freq=inv_freq,
             stabilization_factor=stabilization_factor, reset_threshold=reset_threshold,
             clipping_value=clipping_value, warmup_steps=warmup_steps,
         )
-        super().__init__(groups, defaults, adamw_betas=adamw_betas, adamw_eps=adamw_eps, foreach=foreach)
+        super().__init__(groups, defaults, adamw_eps=adamw_eps, **kwargs)
         self._steps = 0  # completed steps (decides when statistics are collected)
         self._stats: dict[int, dict[str, Any]] = {}  # id(weight) -> running sums of a_bar, d_bar
         self._layers: dict[int, nn.Linear] = {}  # id(weight) -> module
         self._handles: list[Any] = []
         if model is None:
             warnings.warn(
-                f"{self.owner} was built without a model, so it cannot record layer inputs and output "
+                f"{owner} was built without a model, so it cannot record layer inputs and output "
                 "gradients: it runs the base optimizer without preconditioning. Use "
-                f"create_optimizer('{self.owner.lower().replace('-', '_')}', model) or pass model=.",
+                f"create_optimizer({registered_name(type(self)) or 'name'!r}, model) or pass model=.",
                 stacklevel=2,
             )
         else:
@@ -237,7 +230,7 @@ class MKOR(MatrixOptimizer):
         self._steps += 1
 
     def _matrix_group(self, group: dict[str, Any]) -> None:
-        params, grads = collect_grads(self.owner, group["params"])
+        params, grads = collect_grads(type(self).__name__, group["params"])
         if not params:
             return
         directions = [self._precondition(p, g) for p, g in zip(params, grads)]
@@ -273,8 +266,6 @@ class MKORH(MKOR):
         Other arguments as :class:`MKOR`.
     """
 
-    owner = "MKOR-H"
-
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -282,8 +273,8 @@ class MKORH(MKOR):
         switch_threshold: float = 0.02,
         **kwargs: Any,
     ) -> None:
-        check_int(self.owner, "switch_window", switch_window, 1)
-        check_nonnegative(self.owner, "switch_threshold", switch_threshold)
+        check_int("MKORH", "switch_window", switch_window, 1)
+        check_nonnegative("MKORH", "switch_threshold", switch_threshold)
         self.switch_window, self.switch_threshold = switch_window, float(switch_threshold)
         self.switched = False
         self._window: list[float] = []

@@ -2,7 +2,7 @@
 
 Motivated by Zhao, "Towards a Principled Muon under muP: Ensuring Spectral Conditions
 throughout Training" (arXiv:2601.01306). Only that paper's abstract was available when
-this was written (ALGORITHMS.md §5a), so this module ships under a descriptive name
+this was written, so this module ships under a descriptive name
 (``muon_spectral``), not under the paper's name. What the abstract states: for moderately
 large models, controlling the spectral norm of the *update* is enough to keep the muP
 spectral conditions ``||W||_2 = Theta(sqrt(d_out/d_in))`` and
@@ -29,7 +29,8 @@ from typing import Any, Iterable
 
 import torch
 
-from optarena.optim.muon import Muon, matrix_param_groups, muon_scale
+from optarena.optim.matrix_family import matrix_param_groups
+from optarena.optim.muon import Muon, muon_scale
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 
 __all__ = ["MuonSpectral"]
@@ -41,8 +42,6 @@ class MuonSpectral(Muon):
     Takes every :class:`~optarena.optim.Muon` argument; the defaults differ in
     ``scale="spectral"`` and ``weight_decay=1.0``.
     """
-
-    owner = "MuonSpectral"
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """NAMO and NAMO-D: orthogonalised momentum with an Adam-type norm-adaptive step size.
 
 "Adam Improves Muon: Adaptive Moment Estimation with Orthogonalized Momentum"
-(arXiv:2602.17080); reference code minxin-zhg/namo ``src/namo.py``. ALGORITHMS.md §3.
+(arXiv:2602.17080); reference code minxin-zhg/namo ``src/namo.py``.
 
 NAMO, per hidden matrix ``W`` (m x n, conv weights flattened to ``(out, -1)``)::
 
@@ -35,11 +35,10 @@ from typing import Any, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads
-from optarena.optim.muon import (
-    MatrixOptimizer, check_nonnegative, check_ns, check_unit_interval, matrix_param_groups,
-)
-from optarena.optim.orthogonalize import MUON_COEFFICIENTS, orthogonalize_many
+from optarena.optim.matrix_family import MatrixOptimizer, matrix_param_groups
+from optarena.optim.orthogonalize import MUON_COEFFICIENTS
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.validation import check_nonnegative, check_number, check_unit_interval
 
 __all__ = ["NAMO", "NAMOD"]
 
@@ -61,9 +60,8 @@ class NAMO(MatrixOptimizer):
         scale_coeff: c in ``c sqrt(max(m, n))`` (default 0.2, "match RMS AdamW").
         weight_decay: scaled by the clamped adaptive step (default 0.1).
         ns_steps, ns_coefficients, ns_dtype, ns_method, exact_orthogonalization: as :class:`~optarena.optim.Muon`.
+        adamw_betas, adamw_eps (default 1e-8), foreach: as :class:`~optarena.optim.matrix_family.MatrixOptimizer`.
     """
-
-    owner = "NAMO"
 
     def __init__(
         self,
@@ -80,31 +78,20 @@ class NAMO(MatrixOptimizer):
         ns_dtype: torch.dtype | None = None,
         ns_method: str = "newton_schulz",
         exact_orthogonalization: bool = False,
-        adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
-        foreach: bool = True,
+        **kwargs: Any,
     ) -> None:
-        check_unit_interval(self.owner, "momentum", momentum)
-        check_unit_interval(self.owner, "mu2", mu2)
-        check_nonnegative(self.owner, "eps", eps)
-        check_nonnegative(self.owner, "scale_coeff", scale_coeff)
-        check_ns(self.owner, ns_steps, ns_coefficients, ns_method)
+        check_unit_interval(type(self).__name__, "mu2", mu2)
+        check_nonnegative(type(self).__name__, "scale_coeff", scale_coeff)
         defaults = dict(
             lr=lr, momentum=momentum, mu2=mu2, eps=eps, nesterov=nesterov, scale_coeff=scale_coeff,
-            weight_decay=weight_decay, ns_steps=ns_steps, ns_coefficients=tuple(ns_coefficients), ns_dtype=ns_dtype,
+            weight_decay=weight_decay, ns_steps=ns_steps, ns_coefficients=ns_coefficients, ns_dtype=ns_dtype,
             ns_method=ns_method, exact_orthogonalization=exact_orthogonalization,
         )
-        super().__init__(params, defaults, adamw_betas=adamw_betas, adamw_eps=adamw_eps, foreach=foreach)
-
-    def _orthogonalize(self, group: dict[str, Any], updates: list[torch.Tensor]) -> list[torch.Tensor]:
-        return orthogonalize_many(
-            [u.reshape(u.shape[0], -1) for u in updates], steps=group["ns_steps"],
-            coefficients=group["ns_coefficients"], dtype=group["ns_dtype"], exact=group["exact_orthogonalization"],
-            method=group["ns_method"], batched=group["foreach"],
-        )
+        super().__init__(params, defaults, adamw_eps=adamw_eps, **kwargs)
 
     def _matrix_group(self, group: dict[str, Any]) -> None:
-        params, grads = collect_grads(self.owner, group["params"])
+        params, grads = collect_grads(type(self).__name__, group["params"])
         if not params:
             return
         mu1, mu2 = group["momentum"], group["mu2"]
@@ -139,11 +126,6 @@ class NAMO(MatrixOptimizer):
         p.add_(o.view_as(p) * (alpha * shape_factor).clamp(max=1.0).to(p.dtype), alpha=-1.0)
 
 
-def _check_col_clamp(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"NAMO-D col_clamp must be in [0, 1] (0 disables it), got col_clamp={value!r}")
-
-
 class NAMOD(NAMO):
     """NAMO-D: one adaptive step per column, clamped towards the mean (see module docstring).
 
@@ -153,8 +135,6 @@ class NAMOD(NAMO):
         lr: default 9e-3 (the paper's GPT-2 small value). Other arguments as :class:`NAMO`.
     """
 
-    owner = "NAMO-D"
-
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -162,11 +142,10 @@ class NAMOD(NAMO):
         col_clamp: float = 0.75,
         **kwargs: Any,
     ) -> None:
-        _check_col_clamp(col_clamp)
         super().__init__(params, lr=lr, **kwargs)
         self.defaults["col_clamp"] = col_clamp  # also used by add_param_group
         for group in self.param_groups:
-            _check_col_clamp(group.setdefault("col_clamp", col_clamp))
+            check_number("NAMOD", "col_clamp", group.setdefault("col_clamp", col_clamp), 0.0, 1.0)
 
     def _init_second_moment(self, state: dict[str, Any], p: torch.Tensor) -> None:
         state["v"] = torch.zeros(p[0].numel(), dtype=torch.float32, device=p.device)

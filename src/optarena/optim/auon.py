@@ -34,10 +34,10 @@ from typing import Any, Iterable
 
 import torch
 
-from optarena.optim.matrix_family import MatrixOptimizer, matrix_param_groups
+from optarena.optim.matrix_family import MatrixOptimizer, register_matrix_optimizer
 from optarena.optim.muon import MUON_SCALES, muon_scale
 from optarena.optim.orthogonalize import MUON_COEFFICIENTS
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.registry import FloatRange, Paper
 from optarena.validation import check_choice, check_positive
 
 __all__ = ["AuON", "HybridAuON", "cosh_rms"]
@@ -134,37 +134,21 @@ class HybridAuON(AuON):
         return [(o, o) for o in self._orthogonalize(group, updates)]
 
 
-_COMMON = dict(
-    family="matrix",
-    builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-    state_bytes=4.0,
-    paper=Paper("AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates", "2509.24320", 2025),
-    build_groups=matrix_param_groups,
-)
+PAPER = Paper("AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates", "2509.24320", 2025)
 
-register(
-    OptimizerSpec(
-        name="auon",
-        cls=AuON,
-        defaults=dict(lr=0.24, momentum=0.95, nesterov=True, gamma=1.0, normalize=True, weight_decay=0.0,
-                      scale="original"),
-        search_space=dict(lr=FloatRange(1e-2, 1.0), weight_decay=FloatRange(1e-4, 0.1),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        description="Frobenius-normalised momentum with a cosh-RMS brake on hidden matrices (linear time); "
-                    "AdamW on the rest",
-        **_COMMON,
-    )
+register_matrix_optimizer(
+    "auon", AuON,
+    defaults=dict(lr=0.24, momentum=0.95, nesterov=True, gamma=1.0, normalize=True, weight_decay=0.0,
+                  scale="original"),
+    search_space=dict(lr=FloatRange(1e-2, 1.0), weight_decay=FloatRange(1e-4, 0.1)),
+    paper=PAPER,
+    description="Frobenius-normalised momentum with a cosh-RMS brake on hidden matrices (linear time); "
+                "AdamW on the rest",
 )
-
-register(
-    OptimizerSpec(
-        name="hybrid_auon",
-        cls=HybridAuON,
-        defaults=dict(lr=0.02, momentum=0.95, nesterov=True, gamma=1.0, ns_steps=1, weight_decay=0.0,
-                      scale="original"),
-        search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-4, 0.1),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        description="one Newton-Schulz step then the AuON cosh-RMS brake on hidden matrices; AdamW on the rest",
-        **_COMMON,
-    )
+register_matrix_optimizer(
+    "hybrid_auon", HybridAuON,
+    defaults=dict(lr=0.02, momentum=0.95, nesterov=True, gamma=1.0, ns_steps=1, weight_decay=0.0, scale="original"),
+    search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-4, 0.1)),
+    paper=PAPER,
+    description="one Newton-Schulz step then the AuON cosh-RMS brake on hidden matrices; AdamW on the rest",
 )

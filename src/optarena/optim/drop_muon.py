@@ -39,8 +39,9 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from optarena.optim._foreach import collect_grads
+from optarena.optim.matrix_family import register_matrix_optimizer
 from optarena.optim.muon import Muon
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.registry import FloatRange, Paper
 from optarena.validation import check_int
 
 __all__ = ["DropMuon", "layer_key"]
@@ -202,20 +203,12 @@ def _drop_muon_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, An
     return groups
 
 
-register(
-    OptimizerSpec(
-        name="drop_muon",
-        cls=DropMuon,
-        family="matrix",
-        defaults=dict(lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, scale="original",
-                      seed=0),
-        builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-        search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=4.0,
-        paper=Paper("Drop-Muon: Update Less, Converge Faster", "2510.02239", 2025),
-        description="Muon on a random suffix of the layers per step (uniform start index); frozen layers skip "
-                    "their weight gradients",
-        build_groups=_drop_muon_groups,
-    )
+register_matrix_optimizer(
+    "drop_muon", DropMuon,
+    defaults=dict(lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, scale="original", seed=0),
+    search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3)),
+    paper=Paper("Drop-Muon: Update Less, Converge Faster", "2510.02239", 2025),
+    description="Muon on a random suffix of the layers per step (uniform start index); frozen layers skip "
+                "their weight gradients",
+    build_groups=_drop_muon_groups,
 )

@@ -41,10 +41,9 @@ from typing import Any, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads
-from optarena.optim.matrix_family import MatrixOptimizer, matrix_param_groups
+from optarena.optim.matrix_family import NewtonSchulzOptimizer, register_matrix_optimizer
 from optarena.optim.muon import MUON_SCALES, muon_scale
-from optarena.optim.orthogonalize import MUON_COEFFICIENTS
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.registry import FloatRange, Paper
 from optarena.validation import check_choice, check_int, check_nonnegative, check_unit_interval
 
 __all__ = ["FISMO"]
@@ -62,7 +61,7 @@ def _inverse_roots(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (vectors * inv_sqrt.square()) @ vectors.mT, (vectors * inv_sqrt) @ vectors.mT
 
 
-class FISMO(MatrixOptimizer):
+class FISMO(NewtonSchulzOptimizer):
     """FISMO (reconstructed; see module docstring); AdamW on ``matrix=False`` groups.
 
     Args:
@@ -74,7 +73,8 @@ class FISMO(MatrixOptimizer):
         max_precondition_dim: sides longer than this keep an identity factor (default 4096).
         weight_decay: decoupled, times the raw lr (default 0).
         scale: Muon's aspect scale (default ``"original"``).
-        ns_steps, ns_coefficients, ns_dtype: Newton–Schulz for ``Polar(M)``.
+        ns_steps, ns_coefficients, ns_dtype, ns_method, exact_orthogonalization: ``Polar(M)``
+            (:class:`~optarena.optim.matrix_family.NewtonSchulzOptimizer`).
         adamw_betas, adamw_eps, foreach: as :class:`~optarena.optim.matrix_family.MatrixOptimizer`.
     """
 
@@ -89,9 +89,6 @@ class FISMO(MatrixOptimizer):
         max_precondition_dim: int = 4096,
         weight_decay: float = 0.0,
         scale: str = "original",
-        ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
-        ns_dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
         check_unit_interval("FISMO", "factor_decay", factor_decay)
@@ -102,8 +99,7 @@ class FISMO(MatrixOptimizer):
         defaults = dict(
             lr=lr, momentum=momentum, factor_decay=factor_decay, damping=damping,
             precondition_frequency=precondition_frequency, max_precondition_dim=max_precondition_dim,
-            weight_decay=weight_decay, scale=scale, ns_steps=ns_steps, ns_coefficients=ns_coefficients,
-            ns_dtype=ns_dtype,
+            weight_decay=weight_decay, scale=scale,
         )
         super().__init__(params, defaults, **kwargs)
 
@@ -171,20 +167,14 @@ class FISMO(MatrixOptimizer):
             self._decay_and_add(p, update, lr, group["weight_decay"], -lr * muon_scale(p.shape, group["scale"]))
 
 
-register(
-    OptimizerSpec(
-        name="fismo",
-        cls=FISMO,
-        family="second-order",
-        defaults=dict(lr=0.02, momentum=0.95, factor_decay=0.95, damping=1e-3, precondition_frequency=10,
-                      weight_decay=0.0, scale="original"),
-        builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-        search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=20.0,  # M + P + Q + two inverse roots: ~5 float32 buffers per parameter of a square matrix
-        paper=Paper("FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer (reconstructed)", "2601.21750", 2026),
-        description="Kronecker-factored Fisher whitening around Muon's orthogonalised momentum "
-                    "(reconstructed from secondary write-ups); AdamW on the rest",
-        build_groups=matrix_param_groups,
-    )
+register_matrix_optimizer(
+    "fismo", FISMO,
+    family="second-order",
+    defaults=dict(lr=0.02, momentum=0.95, factor_decay=0.95, damping=1e-3, precondition_frequency=10,
+                  weight_decay=0.0, scale="original"),
+    search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3)),
+    state_bytes=20.0,  # M + P + Q + two inverse roots: ~5 float32 buffers per parameter of a square matrix
+    paper=Paper("FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer (reconstructed)", "2601.21750", 2026),
+    description="Kronecker-factored Fisher whitening around Muon's orthogonalised momentum "
+                "(reconstructed from secondary write-ups); AdamW on the rest",
 )

@@ -43,8 +43,8 @@ from typing import Any, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads
-from optarena.optim.matrix_family import MatrixOptimizer, matrix_param_groups
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import MatrixOptimizer, register_matrix_optimizer
+from optarena.optim.registry import FloatRange, Paper
 from optarena.validation import check_choice, check_int, check_nonnegative, check_number, check_positive
 
 __all__ = ["FRUGAL"]
@@ -252,21 +252,16 @@ class FRUGAL(MatrixOptimizer):
         return out
 
 
-register(
-    OptimizerSpec(
-        name="frugal",
-        cls=FRUGAL,
-        family="memory-efficient",
-        defaults=dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, density=0.25, update_gap=200,
-                      projection="blockwise", block_order="random", inactive_update_rule="sign_sgd",
-                      inactive_lr_scale=1.0, seed=0),
-        builder_defaults=dict(adamw_lr=1e-3, adamw_weight_decay=0.0),
-        search_space=dict(lr=FloatRange(1e-4, 1e-2), inactive_lr_scale=FloatRange(0.01, 1.0),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=2.0,  # 2 * density * 4 bytes on hidden matrices at density 0.25 (+ projector)
-        paper=Paper("FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training",
-                    "2411.07837", 2024),
-        description="AdamW on a subspace (blockwise / SVD / random) of each hidden matrix, signSGD on the rest",
-        build_groups=matrix_param_groups,
-    )
+register_matrix_optimizer(
+    "frugal", FRUGAL,
+    family="memory-efficient",
+    defaults=dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, density=0.25, update_gap=200,
+                  projection="blockwise", block_order="random", inactive_update_rule="sign_sgd",
+                  inactive_lr_scale=1.0, seed=0),
+    adamw_lr=1e-3,
+    search_space=dict(lr=FloatRange(1e-4, 1e-2), inactive_lr_scale=FloatRange(0.01, 1.0)),
+    state_bytes=2.0,  # 2 * density * 4 bytes on hidden matrices at density 0.25 (+ projector)
+    paper=Paper("FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training",
+                "2411.07837", 2024),
+    description="AdamW on a subspace (blockwise / SVD / random) of each hidden matrix, signSGD on the rest",
 )

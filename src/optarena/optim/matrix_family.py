@@ -10,7 +10,9 @@ those groups from a partitioned model (what ``create_optimizer`` does for the fa
 The base validates every argument with a conventional name (``lr``, ``momentum``,
 ``weight_decay``, ``betas``, ``eps``, ``nesterov``, ...; :mod:`optarena.validation`) and the
 Newton–Schulz options (``ns_steps``, ``ns_coefficients``, ``ns_method``) in each group;
-a subclass checks only the arguments of its own method.
+a subclass checks only the arguments of its own method. :class:`NewtonSchulzOptimizer`
+declares the Newton–Schulz options once for the members whose rule orthogonalises, and
+:func:`register_matrix_optimizer` registers a member with the family's AdamW grouping.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from typing import Any, Callable, Iterable
 import torch
 
 from optarena.optim._foreach import adamw_rule, collect_grads, run_closure, zeros_state
-from optarena.optim.orthogonalize import ORTHOGONALIZATION_METHODS, orthogonalize_many
-from optarena.optim.registry import registered_name
+from optarena.optim.orthogonalize import MUON_COEFFICIENTS, ORTHOGONALIZATION_METHODS, orthogonalize_many
+from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register, registered_name
 from optarena.validation import check_choice, check_conventional, check_int
 
-__all__ = ["NS_METHODS", "MatrixOptimizer", "check_ns", "matrix_param_groups"]
+__all__ = [
+    "NS_METHODS", "MatrixOptimizer", "NewtonSchulzOptimizer", "check_ns", "matrix_param_groups",
+    "register_matrix_optimizer",
+]
 
 NS_METHODS = tuple(m for m in ORTHOGONALIZATION_METHODS if m != "svd")
 
@@ -231,6 +236,37 @@ class MatrixOptimizer(torch.optim.Optimizer):
         p.add_(update, alpha=alpha)
 
 
+class NewtonSchulzOptimizer(MatrixOptimizer):
+    """A :class:`MatrixOptimizer` whose rule orthogonalises (``self._orthogonalize``).
+
+    Args (keyword-only, besides those of :class:`MatrixOptimizer`):
+        ns_steps: Newton–Schulz iterations (default 5).
+        ns_coefficients: quintic coefficients (a, b, c), or one triple per step.
+        ns_dtype: compute dtype of Newton–Schulz; ``None``: bf16 where bf16 matmuls are native
+            (accelerators, AMX / AVX512-BF16 CPUs), else fp32; fp64 for fp64 parameters.
+        ns_method: ``"newton_schulz"`` (default), ``"gram"`` (same polynomial iterated on
+            the small Gram matrix, fewer FLOPs for rectangular weights, fp32+) or ``"auto"``
+            (the cheaper of the two per shape); see :mod:`optarena.optim.orthogonalize`.
+        exact_orthogonalization: use the SVD polar factor instead of Newton–Schulz (slow; a reference).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        *,
+        ns_steps: int = 5,
+        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
+        ns_dtype: torch.dtype | None = None,
+        ns_method: str = "newton_schulz",
+        exact_orthogonalization: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        defaults = {**defaults, "ns_steps": ns_steps, "ns_coefficients": ns_coefficients, "ns_dtype": ns_dtype,
+                    "ns_method": ns_method, "exact_orthogonalization": exact_orthogonalization}
+        super().__init__(params, defaults, **kwargs)
+
+
 def matrix_param_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, Any]]:
     """Hidden matrices get the matrix rule; embeddings and readout the AdamW rule; vectors AdamW without decay.
 
@@ -246,3 +282,25 @@ def matrix_param_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, 
          "matrix": False, "lr": args["adamw_lr"], "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
+
+
+def register_matrix_optimizer(
+    name: str,
+    cls: type[MatrixOptimizer],
+    *,
+    defaults: dict[str, Any],
+    search_space: dict[str, Any],
+    paper: Paper,
+    description: str,
+    family: str = "matrix",
+    state_bytes: float = 4.0,
+    adamw_lr: float = 3e-3,
+    build_groups: Callable[..., list[dict[str, Any]]] = matrix_param_groups,
+) -> OptimizerSpec:
+    """Register a member of the family: its AdamW groups get ``adamw_lr`` (tuned in [3e-4, 3e-2]) and no decay."""
+    return register(OptimizerSpec(
+        name=name, cls=cls, family=family, defaults=defaults,
+        builder_defaults=dict(adamw_lr=adamw_lr, adamw_weight_decay=0.0),
+        search_space={**search_space, "adamw_lr": FloatRange(3e-4, 3e-2)},
+        state_bytes=state_bytes, paper=paper, description=description, build_groups=build_groups,
+    ))

@@ -58,8 +58,8 @@ import torch
 from torch import nn
 
 from optarena.optim._foreach import collect_grads
-from optarena.optim.matrix_family import MatrixOptimizer, matrix_param_groups
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register, registered_name
+from optarena.optim.matrix_family import MatrixOptimizer, matrix_param_groups, register_matrix_optimizer
+from optarena.optim.registry import FloatRange, Paper, registered_name
 from optarena.validation import check_choice, check_int, check_nonnegative, check_number, check_positive
 
 __all__ = ["MKOR", "MKORH", "sherman_morrison"]
@@ -345,21 +345,20 @@ def _mkor_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, Any]]:
     return groups
 
 
-_COMMON = dict(
-    family="second-order",
-    builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-    paper=Paper("MKOR: Momentum-Enabled Kronecker-Factor-Based Optimizer Using Rank-1 Updates", "2306.01685", 2023),
-    build_groups=_mkor_groups,
-)
-_DEFAULTS = dict(lr=3e-3, momentum=0.9, weight_decay=0.0, base="adamw", inv_freq=10, stabilization_factor=0.1,
-                 warmup_steps=10)
-_SEARCH = dict(lr=FloatRange(3e-4, 3e-2), weight_decay=FloatRange(1e-4, 0.3), adamw_lr=FloatRange(3e-4, 3e-2))
+PAPER = Paper("MKOR: Momentum-Enabled Kronecker-Factor-Based Optimizer Using Rank-1 Updates", "2306.01685", 2023)
+DEFAULTS = dict(lr=3e-3, momentum=0.9, weight_decay=0.0, base="adamw", inv_freq=10, stabilization_factor=0.1,
+                warmup_steps=10)
+SEARCH_SPACE = dict(lr=FloatRange(3e-4, 3e-2), weight_decay=FloatRange(1e-4, 0.3))
 # state: the base optimizer's (AdamW 8 bytes) + (d_in^2 + d_out^2) float32 factors: 2x P for a square layer
-register(OptimizerSpec(name="mkor", cls=MKOR, defaults=_DEFAULTS, search_space=_SEARCH, state_bytes=16.0,
-                       description="rank-1 Sherman-Morrison Kronecker-factor preconditioning of Linear weights "
-                                   "(layer hooks) before an AdamW step; AdamW on the rest", **_COMMON))
-register(OptimizerSpec(name="mkor_h", cls=MKORH, defaults={**_DEFAULTS, "switch_window": 50,
-                                                              "switch_threshold": 0.02},
-                       search_space=_SEARCH, state_bytes=16.0,
-                       description="MKOR that falls back to its first-order base once the windowed loss stops "
-                                   "falling by switch_threshold", **_COMMON))
+register_matrix_optimizer(
+    "mkor", MKOR, family="second-order", defaults=DEFAULTS, search_space=SEARCH_SPACE, state_bytes=16.0,
+    paper=PAPER, build_groups=_mkor_groups,
+    description="rank-1 Sherman-Morrison Kronecker-factor preconditioning of Linear weights (layer hooks) "
+                "before an AdamW step; AdamW on the rest",
+)
+register_matrix_optimizer(
+    "mkor_h", MKORH, family="second-order", defaults={**DEFAULTS, "switch_window": 50, "switch_threshold": 0.02},
+    search_space=SEARCH_SPACE, state_bytes=16.0, paper=PAPER, build_groups=_mkor_groups,
+    description="MKOR that falls back to its first-order base once the windowed loss stops falling by "
+                "switch_threshold",
+)

@@ -35,9 +35,8 @@ from typing import Any, Iterable
 
 import torch
 
-from optarena.optim.matrix_family import MatrixOptimizer, matrix_param_groups
-from optarena.optim.orthogonalize import MUON_COEFFICIENTS
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import NewtonSchulzOptimizer, register_matrix_optimizer
+from optarena.optim.registry import FloatRange, Paper
 from optarena.validation import check_choice
 
 __all__ = ["MUON_SCALES", "Muon", "muon_scale"]
@@ -60,7 +59,7 @@ def muon_scale(shape: torch.Size | tuple[int, ...], scale: str) -> float:
     raise ValueError(f"scale must be one of {MUON_SCALES}, got {scale!r}")
 
 
-class Muon(MatrixOptimizer):
+class Muon(NewtonSchulzOptimizer):
     """Muon for ``matrix=True`` groups, AdamW for ``matrix=False`` groups (see module docstring).
 
     Args:
@@ -69,16 +68,10 @@ class Muon(MatrixOptimizer):
         lr: learning rate (default 0.02, Keller's value for ``scale="original"``).
         momentum: EMA coefficient beta in [0, 1) (default 0.95).
         nesterov: use the Nesterov blend (default True).
-        ns_steps: Newton–Schulz iterations (default 5).
-        ns_coefficients: quintic coefficients (a, b, c), or one triple per step.
-        ns_dtype: compute dtype of Newton–Schulz; ``None``: bf16 where bf16 matmuls are native
-            (accelerators, AMX / AVX512-BF16 CPUs), else fp32; fp64 for fp64 parameters.
-        ns_method: ``"newton_schulz"`` (default), ``"gram"`` (same polynomial iterated on
-            the small Gram matrix, fewer FLOPs for rectangular weights, fp32+) or ``"auto"``
-            (the cheaper of the two per shape); see :mod:`optarena.optim.orthogonalize`.
-        exact_orthogonalization: use the SVD polar factor instead of Newton–Schulz (slow; a reference).
         weight_decay: decoupled weight decay, multiplied by the raw ``lr`` (default 0).
         scale: ``"original"``, ``"match_rms_adamw"``, ``"spectral"`` or ``"none"``.
+        ns_steps, ns_coefficients, ns_dtype, ns_method, exact_orthogonalization: the orthogonalisation
+            (:class:`~optarena.optim.matrix_family.NewtonSchulzOptimizer`).
         adamw_betas, adamw_eps, foreach: as :class:`~optarena.optim.matrix_family.MatrixOptimizer`.
     """
 
@@ -88,21 +81,12 @@ class Muon(MatrixOptimizer):
         lr: float = 0.02,
         momentum: float = 0.95,
         nesterov: bool = True,
-        ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
-        ns_dtype: torch.dtype | None = None,
-        ns_method: str = "newton_schulz",
-        exact_orthogonalization: bool = False,
         weight_decay: float = 0.0,
         scale: str = "original",
         **kwargs: Any,
     ) -> None:
         check_choice(type(self).__name__, "scale", scale, MUON_SCALES)
-        defaults = dict(
-            lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coefficients=ns_coefficients,
-            ns_dtype=ns_dtype, ns_method=ns_method, exact_orthogonalization=exact_orthogonalization,
-            weight_decay=weight_decay, scale=scale,
-        )
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, scale=scale)
         super().__init__(params, defaults, **kwargs)
 
     def _matrix_group(self, group: dict[str, Any]) -> None:
@@ -115,21 +99,11 @@ class Muon(MatrixOptimizer):
                                 -lr * muon_scale(p.shape, group["scale"]))
 
 
-register(
-    OptimizerSpec(
-        name="muon",
-        cls=Muon,
-        family="matrix",
-        defaults=dict(lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, ns_method="newton_schulz",
-                      weight_decay=0.0, scale="original"),
-        builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-        search_space=dict(
-            lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3),
-            adamw_lr=FloatRange(3e-4, 3e-2),
-        ),
-        state_bytes=4.0,
-        paper=Paper("Muon: An optimizer for hidden layers in neural networks (Jordan et al., blog)", None, 2024),
-        description="Newton-Schulz-orthogonalised momentum on hidden matrices; AdamW on the rest",
-        build_groups=matrix_param_groups,
-    )
+register_matrix_optimizer(
+    "muon", Muon,
+    defaults=dict(lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, ns_method="newton_schulz",
+                  weight_decay=0.0, scale="original"),
+    search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3)),
+    paper=Paper("Muon: An optimizer for hidden layers in neural networks (Jordan et al., blog)", None, 2024),
+    description="Newton-Schulz-orthogonalised momentum on hidden matrices; AdamW on the rest",
 )

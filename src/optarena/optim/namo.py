@@ -35,9 +35,8 @@ from typing import Any, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads
-from optarena.optim.matrix_family import MatrixOptimizer, matrix_param_groups
-from optarena.optim.orthogonalize import MUON_COEFFICIENTS
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import NewtonSchulzOptimizer, register_matrix_optimizer
+from optarena.optim.registry import FloatRange, Paper
 from optarena.validation import check_nonnegative, check_number, check_unit_interval
 
 __all__ = ["NAMO", "NAMOD"]
@@ -48,7 +47,7 @@ def _nanmean(x: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1)
 
 
-class NAMO(MatrixOptimizer):
+class NAMO(NewtonSchulzOptimizer):
     """NAMO (see module docstring); AdamW on ``matrix=False`` groups.
 
     Args:
@@ -59,7 +58,8 @@ class NAMO(MatrixOptimizer):
         nesterov: Nesterov blend (default True).
         scale_coeff: c in ``c sqrt(max(m, n))`` (default 0.2, "match RMS AdamW").
         weight_decay: scaled by the clamped adaptive step (default 0.1).
-        ns_steps, ns_coefficients, ns_dtype, ns_method, exact_orthogonalization: as :class:`~optarena.optim.Muon`.
+        ns_steps, ns_coefficients, ns_dtype, ns_method, exact_orthogonalization: the orthogonalisation
+            (:class:`~optarena.optim.matrix_family.NewtonSchulzOptimizer`).
         adamw_betas, adamw_eps (default 1e-8), foreach: as :class:`~optarena.optim.matrix_family.MatrixOptimizer`.
     """
 
@@ -73,21 +73,13 @@ class NAMO(MatrixOptimizer):
         nesterov: bool = True,
         scale_coeff: float = 0.2,
         weight_decay: float = 0.1,
-        ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
-        ns_dtype: torch.dtype | None = None,
-        ns_method: str = "newton_schulz",
-        exact_orthogonalization: bool = False,
         adamw_eps: float = 1e-8,
         **kwargs: Any,
     ) -> None:
         check_unit_interval(type(self).__name__, "mu2", mu2)
         check_nonnegative(type(self).__name__, "scale_coeff", scale_coeff)
-        defaults = dict(
-            lr=lr, momentum=momentum, mu2=mu2, eps=eps, nesterov=nesterov, scale_coeff=scale_coeff,
-            weight_decay=weight_decay, ns_steps=ns_steps, ns_coefficients=ns_coefficients, ns_dtype=ns_dtype,
-            ns_method=ns_method, exact_orthogonalization=exact_orthogonalization,
-        )
+        defaults = dict(lr=lr, momentum=momentum, mu2=mu2, eps=eps, nesterov=nesterov, scale_coeff=scale_coeff,
+                        weight_decay=weight_decay)
         super().__init__(params, defaults, adamw_eps=adamw_eps, **kwargs)
 
     def _matrix_group(self, group: dict[str, Any]) -> None:
@@ -168,37 +160,23 @@ class NAMOD(NAMO):
         p2.add_(o * (s * base * shape_factor).clamp(max=1.0).to(p.dtype), alpha=-1.0)
 
 
-_COMMON = dict(
-    family="matrix",
-    builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-    paper=Paper("Adam Improves Muon: Adaptive Moment Estimation with Orthogonalized Momentum", "2602.17080", 2026),
-    build_groups=matrix_param_groups,
-)
+PAPER = Paper("Adam Improves Muon: Adaptive Moment Estimation with Orthogonalized Momentum", "2602.17080", 2026)
+SEARCH_SPACE = dict(lr=FloatRange(1e-3, 1e-1), weight_decay=FloatRange(1e-3, 0.3))
 
-register(
-    OptimizerSpec(
-        name="namo",
-        cls=NAMO,
-        defaults=dict(lr=1e-2, momentum=0.95, mu2=0.99, nesterov=True, scale_coeff=0.2, weight_decay=0.1,
-                      ns_steps=5),
-        search_space=dict(lr=FloatRange(1e-3, 1e-1), weight_decay=FloatRange(1e-3, 0.3),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=4.0,  # the momentum buffer; plus one float32 scalar per matrix
-        description="Muon direction with an Adam-style norm-adaptive step per matrix; AdamW on the rest",
-        **_COMMON,
-    )
+register_matrix_optimizer(
+    "namo", NAMO,
+    defaults=dict(lr=1e-2, momentum=0.95, mu2=0.99, nesterov=True, scale_coeff=0.2, weight_decay=0.1, ns_steps=5),
+    search_space=SEARCH_SPACE,
+    paper=PAPER,
+    state_bytes=4.0,  # the momentum buffer; plus one float32 scalar per matrix
+    description="Muon direction with an Adam-style norm-adaptive step per matrix; AdamW on the rest",
 )
-
-register(
-    OptimizerSpec(
-        name="namo_d",
-        cls=NAMOD,
-        defaults=dict(lr=9e-3, momentum=0.95, mu2=0.99, nesterov=True, scale_coeff=0.2, weight_decay=0.1,
-                      ns_steps=5, col_clamp=0.75),
-        search_space=dict(lr=FloatRange(1e-3, 1e-1), weight_decay=FloatRange(1e-3, 0.3),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=4.0,  # the momentum buffer; plus n float32 column statistics per m x n matrix
-        description="NAMO with one adaptive step per input column, clamped towards the mean; AdamW on the rest",
-        **_COMMON,
-    )
+register_matrix_optimizer(
+    "namo_d", NAMOD,
+    defaults=dict(lr=9e-3, momentum=0.95, mu2=0.99, nesterov=True, scale_coeff=0.2, weight_decay=0.1, ns_steps=5,
+                  col_clamp=0.75),
+    search_space=SEARCH_SPACE,
+    paper=PAPER,
+    state_bytes=4.0,  # the momentum buffer; plus n float32 column statistics per m x n matrix
+    description="NAMO with one adaptive step per input column, clamped towards the mean; AdamW on the rest",
 )

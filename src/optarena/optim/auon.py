@@ -11,11 +11,11 @@ AuON, the paper's version (the default), per hidden matrix ``W`` (rows x cols)::
     r <- sqrt(mean(cosh(gamma X)^2))                 # scalar "brake", gamma = 1 in the paper
     W <- W (1 - lr wd) - lr s X / (r + 1e-8)         # s = sqrt(max(1, rows/cols)) ("original")
 
-``normalize=False`` with ``gamma=1.5`` and ``scale="none"`` reproduces the package class
-at HEAD instead (it divides the *un-normalised* ``U`` by ``r``, computed on ``gamma X``).
+``normalize=False`` with ``gamma=1.5`` and ``scale="none"`` reproduces the class of the
+reference's ``auon`` package instead (it divides the *un-normalised* ``U`` by ``r``, computed on ``gamma X``).
 
 Hybrid-AuON (the paper's version) replaces the normalisation by ``ns_steps`` Newton–Schulz
-iterations (one in the paper; the package class defaults to five) and then applies the
+iterations (one in the paper; the reference's package class defaults to five) and then applies the
 same brake, with ``r`` computed on ``gamma O`` for the Newton–Schulz output ``O``::
 
     O <- NewtonSchulz_k(U);    r <- sqrt(mean(cosh(gamma O)^2));    W <- W - lr s O / (r + 1e-8)

@@ -364,3 +364,15 @@ def test_cli_lists_schedules_with_their_options():
         assert name in result.output
     assert "decay_fraction=0.2" in result.output and "arXiv:2410.05192" in result.output
     assert CliRunner().invoke(app, ["list", "schedule"]).exit_code == 2
+
+
+def test_schedule_names_quoted_in_the_package_are_registered():
+    """Every ``make_schedule("x")`` / ``parse_schedule("x:...")`` in the package's code and docs names a real schedule."""
+    import re
+    from pathlib import Path
+
+    quoted = re.compile(r"""(?:make_schedule|parse_schedule)\(\s*["']([a-z0-9_]+)""")
+    root = Path(__file__).resolve().parents[1] / "src" / "optarena"
+    found = {m.group(1): str(path.relative_to(root)) for path in root.rglob("*.py") for m in quoted.finditer(path.read_text())}
+    assert found, "the pattern should find the schedules the package builds"
+    assert {name: where for name, where in found.items() if name not in SCHEDULES} == {}

@@ -41,7 +41,7 @@ def _list_schedules() -> None:
         table.add_column(col)
     for name in list_schedules():
         spec = get_schedule(name)
-        options = "\n".join(f"{k}={o.default}: {o.describe()}" for k, o in spec.options.items())
+        options = "\n".join(f"{k}={spec.defaults[k]}: {o.describe()}" for k, o in spec.options.items())
         table.add_row(f"{name}\n{spec.description}", options, spec.paper)
     console.print(table)
 

@@ -30,8 +30,8 @@ __all__ = [
 WSD_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
 
 # options that most schedules share
-WARMUP_INIT = Option(0.0, "multiplier the warmup starts from", low=0.0, high=1.0)
-FINAL = Option(0.0, "multiplier reached at the end of the decay", low=0.0, high=1.0)
+WARMUP_INIT = Option("multiplier the warmup starts from", low=0.0, high=1.0)
+FINAL = Option("multiplier reached at the end of the decay", low=0.0, high=1.0)
 
 
 def check_fraction(name: str, value: Any) -> None:

@@ -178,11 +178,11 @@ def infinite(
 register_schedule(ScheduleSpec(
     "infinite", infinite,
     dict(
-        cooldown_fraction=Option(0.2, "fraction of the run in the cosine cool-down", low=0.0, high=1.0),
-        level=Option(0.125, "the constant multiplier after the cool-down", low=0.0, high=1.0, low_open=True),
-        anneal_fraction=Option(0.1, "fraction of the run in the final anneal (0: never)", low=0.0, high=1.0),
-        final=Option(1e-3, "multiplier at the end of the anneal", low=0.0, high=1.0, low_open=True),
-        anneal_formula=Option("length", "exponent of the anneal", kind="choice", choices=ANNEAL_FORMULAS),
+        cooldown_fraction=Option("fraction of the run in the cosine cool-down", low=0.0, high=1.0),
+        level=Option("the constant multiplier after the cool-down", low=0.0, high=1.0, low_open=True),
+        anneal_fraction=Option("fraction of the run in the final anneal (0: never)", low=0.0, high=1.0),
+        final=Option("multiplier at the end of the anneal", low=0.0, high=1.0, low_open=True),
+        anneal_formula=Option("exponent of the anneal", kind="choice", choices=ANNEAL_FORMULAS),
         warmup_init=WARMUP_INIT,
     ),
     paper="Ibrahim et al. 2024 (arXiv:2403.08763); Singh et al. 2025 (arXiv:2503.02844)",
@@ -191,10 +191,10 @@ register_schedule(ScheduleSpec(
 register_schedule(ScheduleSpec(
     "rewarm", rewarm,
     dict(
-        peak=Option(1.0, "multiplier the warmup climbs to", low=0.0, low_open=True),
+        peak=Option("multiplier the warmup climbs to", low=0.0, low_open=True),
         warmup_init=WARMUP_INIT,
-        decay_fraction=Option(1.0, "fraction of the phase spent decaying", low=0.0, high=1.0),
-        shape=Option("cosine", "decay shape", kind="choice", choices=WSD_SHAPES),
+        decay_fraction=Option("fraction of the phase spent decaying", low=0.0, high=1.0),
+        shape=Option("decay shape", kind="choice", choices=WSD_SHAPES),
         final=FINAL,
     ),
     paper="Gupta et al. 2023 (arXiv:2308.04014); Ibrahim et al. 2024 (arXiv:2403.08763)",

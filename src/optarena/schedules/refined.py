@@ -144,10 +144,10 @@ def refined(
 register_schedule(ScheduleSpec(
     "refined", refined,
     dict(
-        grad_norms=Option(None, "a prior run's per-step gradient norms (or a .npy/.json/text file)",
+        grad_norms=Option("a prior run's per-step gradient norms (or a .npy/.json/text file)",
                           kind="file_or_numbers"),
-        tau=Option(0.1, "median-filter width as a fraction of the recorded steps", low=0.0, high=1.0),
-        weights=Option(None, "explicit per-step weights instead of grad_norms^-2", kind="file_or_numbers"),
+        tau=Option("median-filter width as a fraction of the recorded steps", low=0.0, high=1.0),
+        weights=Option("explicit per-step weights instead of grad_norms^-2", kind="file_or_numbers"),
         warmup_init=WARMUP_INIT,
     ),
     paper="Defazio, Cutkosky, Mehta, Mishchenko 2023 (arXiv:2310.07831)",

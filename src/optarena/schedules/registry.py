@@ -1,7 +1,7 @@
 """The registry of learning-rate schedules: one :class:`ScheduleSpec` per name.
 
-A spec names the factory ``factory(total_steps, warmup, **options)``, each option with
-its default and valid values (:class:`Option`), and the paper. :func:`get_schedule`
+A spec names the factory ``factory(total_steps, warmup, **options)``, each option's valid
+values (:class:`Option`; its default is the factory's) and the paper. :func:`get_schedule`
 answers a misspelled name with the closest registered ones; :meth:`ScheduleSpec.check`
 refuses unknown option names, values of the wrong kind and values out of range before
 the factory runs, naming the schedule, the option and what would be valid.
@@ -10,8 +10,9 @@ the factory runs, naming the schedule, the option and what would be valid.
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -25,16 +26,15 @@ KINDS = ("number", "int", "choice", "numbers", "file_or_numbers")
 
 @dataclass(frozen=True)
 class Option:
-    """One option of a schedule.
+    """The valid values of one option of a schedule (its default is the factory's).
 
     ``kind``: ``"number"`` (a finite real in the range ``low``..``high``, ends closed unless
     ``*_open``), ``"int"`` (an int >= ``low``), ``"choice"`` (one of ``choices``),
     ``"numbers"`` (one number or a sequence of them, each in the range; ``a/b`` on the
     command line) or ``"file_or_numbers"`` (a path to a file of numbers, or the numbers).
-    A default of ``None`` means "not set": the factory decides (e.g. a required value).
+    ``None`` is accepted where it is the factory's default ("not set": the factory decides).
     """
 
-    default: Any
     help: str
     kind: str = "number"
     low: float = -math.inf
@@ -60,8 +60,8 @@ class Option:
             return f"numbers {what}"
         return "a file of numbers, or the numbers"
 
-    def check(self, owner: str, name: str, value: Any) -> None:
-        if value is None and self.default is None:
+    def check(self, owner: str, name: str, value: Any, default: Any = None) -> None:
+        if value is None and default is None:
             return
         bounds = dict(low_open=self.low_open, high_open=self.high_open)
         if self.kind == "number":
@@ -97,10 +97,21 @@ class ScheduleSpec:
     options: Mapping[str, Option]
     paper: str
     description: str
+    defaults: Mapping[str, Any] = field(init=False)  # option -> the factory's default
 
     def __post_init__(self) -> None:
         if self.name != self.name.lower() or not self.name.replace("_", "").isalnum():
             raise ValueError(f"schedule names are lower-case with underscores, got {self.name!r}")
+        parameters = list(inspect.signature(self.factory).parameters.values())
+        if [p.name for p in parameters[:2]] != ["total_steps", "warmup"]:
+            raise ValueError(f"schedule {self.name!r}: the factory must take (total_steps, warmup, **options)")
+        defaults = {p.name: p.default for p in parameters[2:]}
+        if set(defaults) != set(self.options) or inspect.Parameter.empty in defaults.values():
+            raise ValueError(
+                f"schedule {self.name!r}: options {sorted(self.options)} must be the factory's keyword arguments "
+                f"with defaults: {sorted(defaults)}"
+            )
+        object.__setattr__(self, "defaults", MappingProxyType({k: defaults[k] for k in self.options}))
 
     def check(self, options: Mapping[str, Any]) -> None:
         """Refuse unknown option names and invalid values (the message names the closest valid name)."""
@@ -112,7 +123,7 @@ class ScheduleSpec:
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 valid = ", ".join(sorted(self.options)) or "none"
                 raise ValueError(f"{owner} has no option {key!r}.{hint} Valid options: {valid}")
-            option.check(owner, key, value)
+            option.check(owner, key, value, self.defaults[key])
 
     def build(self, total_steps: int, warmup: int = 0, **options: Any) -> Any:
         """The schedule for a run of ``total_steps`` with ``warmup`` steps, after checking ``options``."""

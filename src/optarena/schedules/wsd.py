@@ -209,8 +209,8 @@ def wsd_s(
     )
 
 
-DECAY_FRACTION = Option(0.2, "fraction of the run (of each budget, for wsd_s) spent decaying", low=0.0, high=1.0)
-SHAPE = Option("linear", "decay shape", kind="choice", choices=WSD_SHAPES)
+DECAY_FRACTION = Option("fraction of the run (of each budget, for wsd_s) spent decaying", low=0.0, high=1.0)
+SHAPE = Option("decay shape", kind="choice", choices=WSD_SHAPES)
 
 register_schedule(ScheduleSpec(
     "wsd", wsd, dict(decay_fraction=DECAY_FRACTION, shape=SHAPE, final=FINAL, warmup_init=WARMUP_INIT),
@@ -220,8 +220,8 @@ register_schedule(ScheduleSpec(
 register_schedule(ScheduleSpec(
     "wsd_s", wsd_s,
     dict(
-        budgets=Option(None, "intermediate budgets in steps, e.g. 500/1000", kind="numbers", low=0.0, low_open=True),
-        budget_fractions=Option(None, "the budgets as fractions of the run, e.g. 0.25/0.5", kind="numbers",
+        budgets=Option("intermediate budgets in steps, e.g. 500/1000", kind="numbers", low=0.0, low_open=True),
+        budget_fractions=Option("the budgets as fractions of the run, e.g. 0.25/0.5", kind="numbers",
                                 low=0.0, high=1.0, low_open=True),
         decay_fraction=DECAY_FRACTION, shape=SHAPE, final=FINAL, warmup_init=WARMUP_INIT,
     ),

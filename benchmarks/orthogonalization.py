@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from optarena.arena.workloads.lm import ByteTransformer, LMConfig, LMWorkload
+from optarena.arena.workloads.lm import LMWorkload
 from optarena.optim import create_optimizer, partition_parameters
 from optarena.optim.orthogonalize import (
     gram_newton_schulz, gram_newton_schulz_flops, newton_schulz, newton_schulz_flops, polar_factor,

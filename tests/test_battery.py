@@ -36,7 +36,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:SophiaG")
 @dataclass(frozen=True)
 class Case:
     settings: dict[str, Any] = field(default_factory=dict)  # hparam overrides used by every test
-    bad: dict[str, Any] = field(default_factory=dict)  # invalid constructor values, besides lr=-1
+    bad: dict[str, Any] = field(default_factory=dict)  # invalid constructor values, besides lr in (-1, nan, inf)
     convex_drop: float = 0.05  # required relative drop of the convex loss in CONVEX_STEPS
     mlp_drop: float = 0.2  # required relative drop of the MLP loss in MLP_STEPS
     xfail: dict[str, str] = field(default_factory=dict)  # test name -> reason (strict)
@@ -377,7 +377,9 @@ def _invalid_cases() -> list[Any]:
     for name in NAMES:
         reason = case_of(name).xfail.get("invalid")
         marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        for key, value in {"lr": -1.0, **case_of(name).bad}.items():
+        for value in (-1.0, math.nan, math.inf):
+            out.append(pytest.param(name, "lr", value, marks=marks, id=f"{name}-lr={value}"))
+        for key, value in case_of(name).bad.items():
             out.append(pytest.param(name, key, value, marks=marks, id=f"{name}-{key}"))
     return out
 

@@ -14,7 +14,7 @@ from optarena.optim.auon import AuON, HybridAuON
 from optarena.optim.drop_muon import DropMuon, layer_key
 from optarena.optim.fismo import FISMO
 from optarena.optim.frugal import FRUGAL
-from optarena.optim.mkor import MKOR, MKORH, sherman_morrison
+from optarena.optim.mkor import MKOR, sherman_morrison
 from optarena.optim.muon_spectral import MuonSpectral
 from optarena.optim.namo import NAMO, NAMOD
 from optarena.optim.orthogonalize import MUON_COEFFICIENTS, newton_schulz, polar_factor, singular_value_band

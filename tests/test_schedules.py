@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from optarena.schedules import (
-    SCHEDULES, WSD_SHAPES, InfiniteSchedule, as_lambda_lr, constant, cosine, infinite, linear, make_schedule,
-    parse_schedule, power, refine_from_grad_norms, refined, rewarm, wsd, wsd_s, wsd_s_branch_points,
+    SCHEDULES, WSD_SHAPES, InfiniteSchedule, Option, ScheduleSpec, as_lambda_lr, constant, cosine, get_schedule,
+    infinite, linear, list_schedules, make_schedule, parse_schedule, power, refine_from_grad_norms, refined,
+    register_schedule, rewarm, wsd, wsd_s, wsd_s_branch_points,
 )
 from optarena.schedules.refined import median_filter_end_reflect
 
@@ -206,14 +207,20 @@ def test_parse_schedule_forms():
 @pytest.mark.parametrize("spec, message", [
     ("bogus", "unknown schedule 'bogus'"),
     ("wsd:decay_fraction", "must look like key=value"),
-    ("wsd:shape=quadratic", "decay shape must be one of"),
-    ("wsd:decay_fraction=1.5", "decay_fraction must be a number in \\[0, 1\\]"),
-    ("wsd:decay=0.2", "unexpected keyword argument 'decay'"),
-    ("cosine:final=2", "final must be a number in \\[0, 1\\]"),
+    ("wsd:shape=quadratic", "schedule 'wsd' shape must be one of \\('linear', 'cosine', '1-sqrt', 'exponential'\\)"),
+    ("wsd:decay_fraction=1.5", "decay_fraction must be a finite number in \\[0, 1\\], got decay_fraction=1.5"),
+    ("wsd:decay_fraction=nan", "decay_fraction must be a finite number in \\[0, 1\\], got decay_fraction=nan"),
+    ("wsd:decay_fraction=abc", "decay_fraction must be a finite number in \\[0, 1\\], got decay_fraction='abc'"),
+    ("wsd:decay_fraction=0.2,decay_fraction=0.3", "option 'decay_fraction' is given twice"),
+    ("wsd:decay=0.2", "schedule 'wsd' has no option 'decay'. Did you mean 'decay_fraction'\\? Valid options: "),
+    ("cosin", "unknown schedule 'cosin'. Did you mean 'cosine'"),
+    ("cosine:final=2", "final must be a finite number in \\[0, 1\\]"),
+    ("cosine:warmup_init=inf", "warmup_init must be a finite number in \\[0, 1\\], got warmup_init=inf"),
     ("linear:final=-0.1", "final must be"),
     ("power", "needs batch_size > 0"),
     ("power:batch_size=4", "needs seq_len > 0"),
-    ("power:batch_size=4,seq_len=8,b=0.5", "exponent b must be in"),
+    ("power:batch_size=4,seq_len=8,b=0.5", "b must be a finite number in \\(-10, 0\\), got b=0.5"),
+    ("power:batch_size=0", "batch_size must be an int >= 1, got batch_size=0"),
     ("infinite:level=0.1,final=0.5", "final must be <= level"),
     ("infinite:anneal_formula=paper", "anneal_formula must be one of"),
     ("infinite:cooldown_fraction=0.8,anneal_fraction=0.5", "exceed total_steps"),
@@ -223,12 +230,50 @@ def test_parse_schedule_forms():
     ("refined:grad_norms=/no/such/file.txt", "no grad-norm file"),
     ("wsd_s:budgets=150/160", "before the previous budget 150 ends"),
     ("wsd_s:budgets=50,budget_fractions=0.5", "not both"),
-    ("wsd_s:budget_fractions=1.5", "budget_fractions must be in \\(0, 1\\]"),
+    ("wsd_s:budget_fractions=1.5", "budget_fractions must be a finite number in \\(0, 1\\]"),
+    ("wsd_s:budgets=100/nan", "budgets must be a finite number > 0, got budgets=nan"),
 ])
 def test_bad_options_give_clear_errors(spec, message):
     with pytest.raises(ValueError, match=message):
         name, options = parse_schedule(spec)
         make_schedule(name, 200, 10, **options)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_each_spec_describes_its_options_and_their_defaults_are_valid(name):
+    spec = get_schedule(name)
+    assert spec.name == name and isinstance(spec, ScheduleSpec) and spec.description
+    assert set(spec.defaults) == set(spec.options)
+    for option_name, option in spec.options.items():
+        assert option.help and option.describe(), option_name
+        default = spec.defaults[option_name]
+        option.check(f"schedule {name!r}", option_name, default, default)  # the factory's default is valid
+
+
+def test_the_registry_is_read_only_and_answers_like_a_mapping():
+    assert list_schedules() == sorted(SCHEDULES) and "cosine" in SCHEDULES and "cosin" not in SCHEDULES
+    with pytest.raises(TypeError):
+        SCHEDULES["mine"] = SCHEDULES["cosine"]  # type: ignore[index]
+    with pytest.raises(ValueError, match="already registered"):
+        register_schedule(ScheduleSpec("cosine", cosine, get_schedule("cosine").options, paper="", description="2nd"))
+    with pytest.raises(ValueError, match="lower-case"):
+        ScheduleSpec("Cosine", cosine, get_schedule("cosine").options, paper="", description="")
+    with pytest.raises(ValueError, match="Option kind must be one of"):
+        Option("x", kind="float")
+    with pytest.raises(ValueError, match="must be the factory's keyword arguments"):
+        ScheduleSpec("mine", cosine, {"final": Option("x")}, paper="", description="")  # warmup_init missing
+    with pytest.raises(ValueError, match=r"must take \(total_steps, warmup, \*\*options\)"):
+        ScheduleSpec("mine", lambda steps, final=0.0: None, {"final": Option("x")}, paper="", description="")
+
+
+def test_options_given_to_make_schedule_are_checked_too():
+    with pytest.raises(ValueError, match="schedule 'cosine' has no option 'floor'"):
+        make_schedule("cosine", 100, 0, floor=0.1)
+    with pytest.raises(ValueError, match="schedule 'infinite' level must be a finite number in \\(0, 1\\], got level=0"):
+        make_schedule("infinite", 100, 0, level=0)
+    with pytest.raises(ValueError, match="grad_norms must be a non-empty sequence of numbers"):
+        make_schedule("refined", 100, 0, grad_norms=[])
+    assert make_schedule("refined", 10, 0, grad_norms=np.ones(10))(9) == 0.0  # arrays are sequences of numbers
 
 
 def test_make_schedule_rejects_bad_budgets_and_steps():
@@ -304,3 +349,28 @@ def test_schedule_method_adapter():
 
 def test_decay_shapes_listed():
     assert WSD_SHAPES == ("linear", "cosine", "1-sqrt", "exponential")
+
+
+def test_cli_lists_schedules_with_their_options():
+    from typer.testing import CliRunner
+
+    from optarena.cli import app
+
+    result = CliRunner().invoke(app, ["list", "schedules"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in SCHEDULES:
+        assert name in result.output
+    assert "decay_fraction=0.2" in result.output and "arXiv:2410.05192" in result.output
+    assert CliRunner().invoke(app, ["list", "schedule"]).exit_code == 2
+
+
+def test_schedule_names_quoted_in_the_package_are_registered():
+    """Every ``make_schedule("x")`` / ``parse_schedule("x:...")`` in the package's code and docs names a real schedule."""
+    import re
+    from pathlib import Path
+
+    quoted = re.compile(r"""(?:make_schedule|parse_schedule)\(\s*["']([a-z0-9_]+)""")
+    root = Path(__file__).resolve().parents[1] / "src" / "optarena"
+    found = {m.group(1): str(path.relative_to(root)) for path in root.rglob("*.py") for m in quoted.finditer(path.read_text())}
+    assert found, "the pattern should find the schedules the package builds"
+    assert {name: where for name, where in found.items() if name not in SCHEDULES} == {}

@@ -48,7 +48,7 @@ def test_divergence_is_recorded_and_does_not_raise(store):
 
 def test_a_failing_configuration_is_recorded_as_failed(store):
     result = train(_config(hparams={"lr": -1.0}), store)
-    assert result.status == "failed" and "learning rate: -1.0" in result.error
+    assert result.status == "failed" and "lr must be a finite number >= 0, got lr=-1.0" in result.error
 
 
 class _Killed(BaseException):

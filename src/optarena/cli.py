@@ -15,16 +15,34 @@ console = Console()
 
 
 @app.command("list")
-def list_command() -> None:
-    """List registered optimizers with family, state memory and paper."""
+def list_command(what: str = typer.Argument("optimizers", help="optimizers or schedules")) -> None:
+    """List registered optimizers (family, state memory, paper) or schedules (options, paper)."""
     from optarena.optim import get_spec, list_optimizers
 
+    if what == "schedules":
+        _list_schedules()
+        return
+    if what != "optimizers":
+        _fail(f"optarena list takes 'optimizers' or 'schedules', got {what!r}")
     table = Table(title="optarena optimizers")
     for col in ("name", "family", "state bytes/param (fp32)", "paper"):
         table.add_column(col)
     for name in list_optimizers():
         spec = get_spec(name)
         table.add_row(name, spec.family, f"{spec.state_bytes:g}", str(spec.paper))
+    console.print(table)
+
+
+def _list_schedules() -> None:
+    from optarena.schedules import get_schedule, list_schedules
+
+    table = Table(title="optarena schedules (NAME:option=value,...)")
+    for col in ("name", "options (default: valid values)", "paper"):
+        table.add_column(col)
+    for name in list_schedules():
+        spec = get_schedule(name)
+        options = "\n".join(f"{k}={spec.defaults[k]}: {o.describe()}" for k, o in spec.options.items())
+        table.add_row(f"{name}\n{spec.description}", options, spec.paper)
     console.print(table)
 
 

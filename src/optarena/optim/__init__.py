@@ -14,6 +14,7 @@ from optarena.optim.registry import (
     get_spec,
     list_optimizers,
     register,
+    registered_name,
 )
 
 # Importing an optimizer module registers it; one line per module, keep sorted.
@@ -38,7 +39,9 @@ from optarena.optim.sophia import SophiaG, SophiaH
 from optarena.optim.orthogonalize import newton_schulz, polar_factor
 
 __all__ = [
-    "ROLES", "Categorical", "FloatRange", "Lion", "Muon", "OptimizerSpec", "Paper", "ParameterPartition",
-    "create_optimizer", "get_spec", "list_optimizers", "newton_schulz", "partition_parameters", "polar_factor",
-    "register",
+    "AMAdamW", "AMSGD", "CLASSP", "FISMO", "FRUGAL", "MKOR", "MKORH", "NAMO", "NAMOD", "ROLES", "SCALE", "SGDP",
+    "AdamP", "Adan", "AuON", "Categorical", "DropMuon", "FloatRange", "HybridAuON", "Lion", "Muon", "MuonSpectral",
+    "OptimizerSpec", "Paper", "ParameterPartition", "ScheduleFreeAdamW", "SophiaG", "SophiaH", "create_optimizer",
+    "get_spec", "list_optimizers", "newton_schulz", "partition_parameters", "polar_factor", "register",
+    "registered_name",
 ]

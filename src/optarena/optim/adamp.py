@@ -42,21 +42,16 @@ from optarena.optim._foreach import GroupwiseOptimizer, zeros_state
 from optarena.optim.kernels import projected
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
 from optarena.optim.scale_invariance import remove_radial
+from optarena.validation import check_hparams, check_number, check_positive, check_unit_interval
 
 __all__ = ["AdamP", "SGDP"]
 
 
 def _check_common(name: str, lr: float, weight_decay: float, delta: float, wd_ratio: float, eps: float) -> None:
-    if not (isinstance(lr, (int, float)) and lr >= 0.0):
-        raise ValueError(f"{name} lr must be a float >= 0, got lr={lr!r}")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"{name} weight_decay must be >= 0, got weight_decay={weight_decay}")
-    if not delta > 0.0:
-        raise ValueError(f"{name} delta must be > 0, got delta={delta}")
-    if not 0.0 <= wd_ratio <= 1.0:
-        raise ValueError(f"{name} wd_ratio must be in [0, 1], got wd_ratio={wd_ratio}")
-    if not eps > 0.0:
-        raise ValueError(f"{name} eps must be > 0, got eps={eps}")
+    check_hparams(name, lr=lr, weight_decay=weight_decay)
+    check_positive(name, "delta", delta)
+    check_number(name, "wd_ratio", wd_ratio, 0.0, 1.0)
+    check_positive(name, "eps", eps)
 
 
 class AdamP(GroupwiseOptimizer):
@@ -88,8 +83,7 @@ class AdamP(GroupwiseOptimizer):
         fused: bool = False,
     ) -> None:
         _check_common("AdamP", lr, weight_decay, delta, wd_ratio, eps)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"AdamP betas must be in [0, 1), got betas={betas!r}")
+        check_hparams("AdamP", betas=betas)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
                         wd_ratio=wd_ratio, nesterov=nesterov, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
@@ -166,10 +160,8 @@ class SGDP(GroupwiseOptimizer):
         fused: bool = False,
     ) -> None:
         _check_common("SGDP", lr, weight_decay, delta, wd_ratio, eps)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"SGDP momentum must be in [0, 1), got momentum={momentum}")
-        if not 0.0 <= dampening < 1.0:
-            raise ValueError(f"SGDP dampening must be in [0, 1), got dampening={dampening}")
+        check_hparams("SGDP", momentum=momentum)
+        check_unit_interval("SGDP", "dampening", dampening)
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, eps=eps, delta=delta, wd_ratio=wd_ratio, foreach=foreach,
                         fused=fused)

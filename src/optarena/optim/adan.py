@@ -37,6 +37,7 @@ import torch
 from optarena.optim._foreach import groups_with_grads, run_closure
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.validation import check_betas, check_hparams, check_nonnegative
 
 __all__ = ["Adan"]
 
@@ -68,16 +69,9 @@ class Adan(torch.optim.Optimizer):
         foreach: bool = True,
         fused: bool = False,
     ) -> None:
-        if not (isinstance(lr, (int, float)) and lr >= 0.0):
-            raise ValueError(f"Adan lr must be a float >= 0, got lr={lr!r}")
-        if len(betas) != 3 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Adan betas must be three values in [0, 1), got betas={betas!r}")
-        if not eps >= 0.0:
-            raise ValueError(f"Adan eps must be >= 0, got eps={eps}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Adan weight_decay must be >= 0, got weight_decay={weight_decay}")
-        if not max_grad_norm >= 0.0:
-            raise ValueError(f"Adan max_grad_norm must be >= 0 (0 disables), got max_grad_norm={max_grad_norm}")
+        check_hparams("Adan", lr=lr, eps=eps, weight_decay=weight_decay)
+        check_betas("Adan", "betas", betas, count=3)
+        check_nonnegative("Adan", "max_grad_norm", max_grad_norm)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, no_prox=no_prox,
                         max_grad_norm=max_grad_norm, foreach=foreach, fused=fused)
         super().__init__(params, defaults)

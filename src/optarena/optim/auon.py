@@ -2,7 +2,6 @@
 
 "AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates" (arXiv:2509.24320);
 reference code ryyzn9/AuON (``Auon_Adam_train.py`` at c87b862, ``auon/optimizer.py``).
-ALGORITHMS.md §2.
 
 AuON, the paper's version (the default), per hidden matrix ``W`` (rows x cols)::
 
@@ -12,16 +11,16 @@ AuON, the paper's version (the default), per hidden matrix ``W`` (rows x cols)::
     r <- sqrt(mean(cosh(gamma X)^2))                 # scalar "brake", gamma = 1 in the paper
     W <- W (1 - lr wd) - lr s X / (r + 1e-8)         # s = sqrt(max(1, rows/cols)) ("original")
 
-``normalize=False`` with ``gamma=1.5`` and ``scale="none"`` reproduces the package class
-at HEAD instead (it divides the *un-normalised* ``U`` by ``r``, computed on ``gamma X``).
+``normalize=False`` with ``gamma=1.5`` and ``scale="none"`` reproduces the class of the
+reference's ``auon`` package instead (it divides the *un-normalised* ``U`` by ``r``, computed on ``gamma X``).
 
 Hybrid-AuON (the paper's version) replaces the normalisation by ``ns_steps`` Newton–Schulz
-iterations (one in the paper; the package class defaults to five) and then applies the
+iterations (one in the paper; the reference's package class defaults to five) and then applies the
 same brake, with ``r`` computed on ``gamma O`` for the Newton–Schulz output ``O``::
 
     O <- NewtonSchulz_k(U);    r <- sqrt(mean(cosh(gamma O)^2));    W <- W - lr s O / (r + 1e-8)
 
-Note (ALGORITHMS.md §2): entries of a unit-norm matrix are ~1/sqrt(mn), so
+Note: entries of a unit-norm matrix are ~1/sqrt(mn), so
 ``r ~ 1 + gamma^2 / (2 mn)`` is ~1 for any realistic layer. The brake is kept because it is
 the paper's method, but AuON behaves as Frobenius-normalised momentum SGD, which is why
 its learning rate (0.24 in the original script, 0.055 in the paper's LM run) is large.
@@ -35,13 +34,11 @@ from typing import Any, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads
-from optarena.optim.muon import (
-    MUON_SCALES, MatrixOptimizer, check_choice, check_ns, check_positive, check_unit_interval,
-    matrix_param_groups, muon_scale,
-)
-from optarena.optim.orthogonalize import MUON_COEFFICIENTS, orthogonalize_many
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import MatrixOptimizer, register_matrix_optimizer
+from optarena.optim.muon import MUON_SCALES, muon_scale
+from optarena.optim.orthogonalize import MUON_COEFFICIENTS
+from optarena.optim.registry import FloatRange, Paper
+from optarena.validation import check_choice, check_positive
 
 __all__ = ["AuON", "HybridAuON", "cosh_rms"]
 
@@ -63,9 +60,8 @@ class AuON(MatrixOptimizer):
         normalize: divide ``U`` by its Frobenius norm before the brake (paper: True).
         weight_decay: decoupled, multiplied by the raw lr (default 0).
         scale: aspect-ratio multiplier, as Muon (``"original"`` in the paper).
+        adamw_betas, adamw_eps, foreach: as :class:`~optarena.optim.matrix_family.MatrixOptimizer`.
     """
-
-    owner = "AuON"
 
     def __init__(
         self,
@@ -77,19 +73,16 @@ class AuON(MatrixOptimizer):
         normalize: bool = True,
         weight_decay: float = 0.0,
         scale: str = "original",
-        adamw_betas: tuple[float, float] = (0.9, 0.95),
-        adamw_eps: float = 1e-10,
-        foreach: bool = True,
+        **kwargs: Any,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, gamma=gamma, normalize=normalize,
                         weight_decay=weight_decay, scale=scale)
-        self._init(params, defaults, adamw_betas, adamw_eps, foreach)
+        self._init(params, defaults, kwargs)
 
-    def _init(self, params: Any, defaults: dict[str, Any], adamw_betas: Any, adamw_eps: Any, foreach: bool) -> None:
-        check_unit_interval(self.owner, "momentum", defaults["momentum"])
-        check_positive(self.owner, "gamma", defaults["gamma"])
-        check_choice(self.owner, "scale", defaults["scale"], MUON_SCALES)
-        MatrixOptimizer.__init__(self, params, defaults, adamw_betas=adamw_betas, adamw_eps=adamw_eps, foreach=foreach)
+    def _init(self, params: Any, defaults: dict[str, Any], kwargs: dict[str, Any]) -> None:
+        check_positive(type(self).__name__, "gamma", defaults["gamma"])
+        check_choice(type(self).__name__, "scale", defaults["scale"], MUON_SCALES)
+        MatrixOptimizer.__init__(self, params, defaults, **kwargs)
 
     def _direction(
         self, group: dict[str, Any], updates: list[torch.Tensor]
@@ -103,24 +96,18 @@ class AuON(MatrixOptimizer):
         return out
 
     def _matrix_group(self, group: dict[str, Any]) -> None:
-        params, grads = collect_grads(self.owner, group["params"])
+        params, updates = self._momentum_updates(group)
         if not params:
             return
-        bufs = self._momentum_buffers(params)
-        updates = self._ema_and_nesterov(bufs, grads, group["momentum"], group["nesterov"], group["foreach"])
-        lr, wd = group["lr"], group["weight_decay"]
+        lr = group["lr"]
         for p, (direction, brake_input) in zip(params, self._direction(group, updates)):
             r = cosh_rms(brake_input, group["gamma"])
-            if wd != 0:
-                p.mul_(1 - lr * wd)
             step = (direction / (r + 1e-8)).view_as(p).to(p.dtype)
-            p.add_(step, alpha=-lr * muon_scale(p.shape, group["scale"]))
+            self._decay_and_add(p, step, lr, group["weight_decay"], -lr * muon_scale(p.shape, group["scale"]))
 
 
 class HybridAuON(AuON):
     """Hybrid-AuON: ``ns_steps`` Newton–Schulz iterations (1 in the paper), then the cosh-RMS brake."""
-
-    owner = "HybridAuON"
 
     def __init__(
         self,
@@ -134,57 +121,34 @@ class HybridAuON(AuON):
         ns_dtype: torch.dtype | None = None,
         weight_decay: float = 0.0,
         scale: str = "original",
-        adamw_betas: tuple[float, float] = (0.9, 0.95),
-        adamw_eps: float = 1e-10,
-        foreach: bool = True,
+        **kwargs: Any,
     ) -> None:
-        check_ns(self.owner, ns_steps, ns_coefficients, "newton_schulz")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, gamma=gamma, normalize=True,
                         weight_decay=weight_decay, scale=scale, ns_steps=ns_steps,
-                        ns_coefficients=tuple(ns_coefficients), ns_dtype=ns_dtype)
-        self._init(params, defaults, adamw_betas, adamw_eps, foreach)
+                        ns_coefficients=ns_coefficients, ns_dtype=ns_dtype)
+        self._init(params, defaults, kwargs)
 
     def _direction(
         self, group: dict[str, Any], updates: list[torch.Tensor]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        ortho = orthogonalize_many(
-            [u.reshape(u.shape[0], -1) for u in updates], steps=group["ns_steps"],
-            coefficients=group["ns_coefficients"], dtype=group["ns_dtype"], batched=group["foreach"],
-        )
-        return [(o, o) for o in ortho]
+        return [(o, o) for o in self._orthogonalize(group, updates)]
 
 
-_COMMON = dict(
-    family="matrix",
-    builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-    state_bytes=4.0,
-    paper=Paper("AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates", "2509.24320", 2025),
-    build_groups=matrix_param_groups,
+PAPER = Paper("AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates", "2509.24320", 2025)
+
+register_matrix_optimizer(
+    "auon", AuON,
+    defaults=dict(lr=0.24, momentum=0.95, nesterov=True, gamma=1.0, normalize=True, weight_decay=0.0,
+                  scale="original"),
+    search_space=dict(lr=FloatRange(1e-2, 1.0), weight_decay=FloatRange(1e-4, 0.1)),
+    paper=PAPER,
+    description="Frobenius-normalised momentum with a cosh-RMS brake on hidden matrices (linear time); "
+                "AdamW on the rest",
 )
-
-register(
-    OptimizerSpec(
-        name="auon",
-        cls=AuON,
-        defaults=dict(lr=0.24, momentum=0.95, nesterov=True, gamma=1.0, normalize=True, weight_decay=0.0,
-                      scale="original"),
-        search_space=dict(lr=FloatRange(1e-2, 1.0), weight_decay=FloatRange(1e-4, 0.1),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        description="Frobenius-normalised momentum with a cosh-RMS brake on hidden matrices (linear time); "
-                    "AdamW on the rest",
-        **_COMMON,
-    )
-)
-
-register(
-    OptimizerSpec(
-        name="hybrid_auon",
-        cls=HybridAuON,
-        defaults=dict(lr=0.02, momentum=0.95, nesterov=True, gamma=1.0, ns_steps=1, weight_decay=0.0,
-                      scale="original"),
-        search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-4, 0.1),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        description="one Newton-Schulz step then the AuON cosh-RMS brake on hidden matrices; AdamW on the rest",
-        **_COMMON,
-    )
+register_matrix_optimizer(
+    "hybrid_auon", HybridAuON,
+    defaults=dict(lr=0.02, momentum=0.95, nesterov=True, gamma=1.0, ns_steps=1, weight_decay=0.0, scale="original"),
+    search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-4, 0.1)),
+    paper=PAPER,
+    description="one Newton-Schulz step then the AuON cosh-RMS brake on hidden matrices; AdamW on the rest",
 )

@@ -1,10 +1,15 @@
-"""torch.optim's AdamW and SGD with momentum, registered with their metadata as baselines."""
+"""torch.optim's AdamW and SGD with momentum, registered with their metadata as baselines.
+
+torch checks neither finiteness nor ``betas < 1``, so ``create_optimizer`` validates their
+hyperparameters with the conventions every optimizer here follows (:mod:`optarena.validation`).
+"""
 
 from __future__ import annotations
 
 import torch
 
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.validation import check_conventional
 
 __all__: list[str] = []
 
@@ -18,6 +23,7 @@ register(
         state_bytes=8.0,
         paper=Paper("Decoupled Weight Decay Regularization", "1711.05101", 2019),
         description="torch.optim.AdamW: Adam with decoupled weight decay (the baseline)",
+        validate=check_conventional,
     )
 )
 
@@ -31,5 +37,6 @@ register(
         state_bytes=4.0,
         paper=Paper("On the importance of initialization and momentum in deep learning", None, 2013),
         description="torch.optim.SGD with Nesterov momentum (Sutskever et al., ICML 2013)",
+        validate=check_conventional,
     )
 )

@@ -42,6 +42,7 @@ import torch
 from optarena.optim._foreach import GroupwiseOptimizer, zeros_state
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
+from optarena.validation import check_hparams, check_nonnegative, check_positive
 
 __all__ = ["CLASSP"]
 
@@ -73,14 +74,10 @@ class CLASSP(GroupwiseOptimizer):
         foreach: bool = True,
         fused: bool = False,
     ) -> None:
-        if not (isinstance(lr, (int, float)) and lr >= 0.0):
-            raise ValueError(f"CLASSP lr must be a float >= 0, got lr={lr!r}")
-        if not threshold >= 0.0:
-            raise ValueError(f"CLASSP threshold must be >= 0, got threshold={threshold}")
-        if not eps > 0.0:
-            raise ValueError(f"CLASSP eps must be > 0, got eps={eps}")
-        if not power > 0.0:
-            raise ValueError(f"CLASSP power must be > 0, got power={power}")
+        check_hparams("CLASSP", lr=lr)
+        check_nonnegative("CLASSP", "threshold", threshold)
+        check_positive("CLASSP", "eps", eps)
+        check_positive("CLASSP", "power", power)
         defaults = dict(lr=lr, threshold=threshold, eps=eps, power=power, apply_scaling=apply_scaling,
                         include_current=include_current, foreach=foreach, fused=fused)
         super().__init__(params, defaults)

@@ -1,8 +1,7 @@
 """Drop-Muon: update only a random suffix of the layers at each step (Randomized Progressive Training).
 
 Gruntkowska, Maziane, Qu, Richtárik, "Drop-Muon: Update Less, Converge Faster"
-(arXiv:2510.02239). ALGORITHMS.md §4. No official code was public; this follows the
-paper's algorithm as summarised there.
+(arXiv:2510.02239). No official code was public; this follows the paper's algorithm.
 
 Layers are indexed ``0 .. b-1`` from input to output. At each step a start index
 ``s ~ D`` is drawn and only layers ``s, ..., b-1`` are updated (with Muon: EMA momentum,
@@ -41,8 +40,10 @@ import torch
 
 from optarena.optim._foreach import collect_grads
 from optarena.optim.hooks import TrainingHooks
-from optarena.optim.muon import Muon, check_int
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import register_matrix_optimizer
+from optarena.optim.muon import Muon
+from optarena.optim.registry import FloatRange, Paper
+from optarena.validation import check_int
 
 __all__ = ["DropMuon", "layer_key"]
 
@@ -66,8 +67,6 @@ class DropMuon(Muon, TrainingHooks):
         Other arguments as :class:`~optarena.optim.Muon`.
     """
 
-    owner = "DropMuon"
-
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -76,7 +75,7 @@ class DropMuon(Muon, TrainingHooks):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        check_int(self.owner, "seed", seed, 0)
+        check_int("DropMuon", "seed", seed, 0)
         super().__init__(params, lr=lr, **kwargs)
         self.defaults["layer"] = "auto"
         self._layers = self._build_layers()
@@ -157,7 +156,7 @@ class DropMuon(Muon, TrainingHooks):
 
     def _adamw_group(self, group: dict[str, Any], params: list[torch.Tensor] | None = None,
                      grads: list[torch.Tensor] | None = None) -> None:
-        active = [p for p in collect_grads(self.owner, group["params"])[0] if self._is_active(group, p)]
+        active = [p for p in collect_grads("DropMuon", group["params"])[0] if self._is_active(group, p)]
         super()._adamw_group(group, active)
 
     def _run_on_active(self, group: dict[str, Any], rule: Any) -> None:
@@ -205,20 +204,12 @@ def _drop_muon_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, An
     return groups
 
 
-register(
-    OptimizerSpec(
-        name="drop_muon",
-        cls=DropMuon,
-        family="matrix",
-        defaults=dict(lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, scale="original",
-                      seed=0),
-        builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-        search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=4.0,
-        paper=Paper("Drop-Muon: Update Less, Converge Faster", "2510.02239", 2025),
-        description="Muon on a random suffix of the layers per step (uniform start index); frozen layers skip "
-                    "their weight gradients",
-        build_groups=_drop_muon_groups,
-    )
+register_matrix_optimizer(
+    "drop_muon", DropMuon,
+    defaults=dict(lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, scale="original", seed=0),
+    search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3)),
+    paper=Paper("Drop-Muon: Update Less, Converge Faster", "2510.02239", 2025),
+    description="Muon on a random suffix of the layers per step (uniform start index); frozen layers skip "
+                "their weight gradients",
+    build_groups=_drop_muon_groups,
 )

@@ -1,11 +1,10 @@
 """FISMO: Fisher-structured (Kronecker-factored) whitening around Muon's orthogonalised momentum.
 
 Xu, Yan, Zhang, "FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer"
-(arXiv:2601.21750). ALGORITHMS.md §5b.
+(arXiv:2601.21750).
 
 RECONSTRUCTED: no code and no hyperparameters of the paper were available. Algorithm 1
-below is taken from two consistent secondary write-ups of the paper (ALGORITHMS.md §5b);
-the defaults (``beta=0.95``, ``gamma=0.95``, ``damping=1e-3``), the refresh interval, the
+below is taken from two consistent secondary write-ups of the paper; the defaults (``beta=0.95``, ``gamma=0.95``, ``damping=1e-3``), the refresh interval, the
 aspect scale and the weight decay are our choices. Per hidden matrix ``W`` (m x n) with
 gradient ``G``, Kronecker factors ``P`` (m x m) and ``Q`` (n x n), both starting at ``I``::
 
@@ -18,8 +17,8 @@ gradient ``G``, Kronecker factors ``P`` (m x m) and ``Q`` (n x n), both starting
     W  <- W (1 - lr wd) - lr s P^-1/2 Polar(M) Q^-1/2                 # Polar by Newton–Schulz
 
 ``sym(A) = (A + A^T) / 2`` and ``s`` is Muon's aspect scale (``scale``, default
-``"original"``, so FISMO and Muon share a learning-rate scale; ALGORITHMS.md suggests
-``"match_rms_adamw"``, available as an option).
+``"original"``, so FISMO and Muon share a learning-rate scale; ``"match_rms_adamw"`` is
+available as an option).
 
 Our engineering choices (not from the paper): ``P``, ``Q`` and their inverse roots are
 refreshed every ``precondition_frequency`` steps (1 = the algorithm above, every step);
@@ -42,12 +41,10 @@ from typing import Any, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads
-from optarena.optim.muon import (
-    MUON_SCALES, MatrixOptimizer, check_choice, check_int, check_nonnegative, check_ns, check_unit_interval,
-    matrix_param_groups, muon_scale,
-)
-from optarena.optim.orthogonalize import MUON_COEFFICIENTS, orthogonalize_many
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import NewtonSchulzOptimizer, register_matrix_optimizer
+from optarena.optim.muon import MUON_SCALES, muon_scale
+from optarena.optim.registry import FloatRange, Paper
+from optarena.validation import check_choice, check_int, check_nonnegative, check_unit_interval
 
 __all__ = ["FISMO"]
 
@@ -64,7 +61,7 @@ def _inverse_roots(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (vectors * inv_sqrt.square()) @ vectors.mT, (vectors * inv_sqrt) @ vectors.mT
 
 
-class FISMO(MatrixOptimizer):
+class FISMO(NewtonSchulzOptimizer):
     """FISMO (reconstructed; see module docstring); AdamW on ``matrix=False`` groups.
 
     Args:
@@ -76,10 +73,10 @@ class FISMO(MatrixOptimizer):
         max_precondition_dim: sides longer than this keep an identity factor (default 4096).
         weight_decay: decoupled, times the raw lr (default 0).
         scale: Muon's aspect scale (default ``"original"``).
-        ns_steps, ns_coefficients, ns_dtype: Newton–Schulz for ``Polar(M)``.
+        ns_steps, ns_coefficients, ns_dtype, ns_method, exact_orthogonalization: ``Polar(M)``
+            (:class:`~optarena.optim.matrix_family.NewtonSchulzOptimizer`).
+        adamw_betas, adamw_eps, foreach: as :class:`~optarena.optim.matrix_family.MatrixOptimizer`.
     """
-
-    owner = "FISMO"
 
     def __init__(
         self,
@@ -92,27 +89,19 @@ class FISMO(MatrixOptimizer):
         max_precondition_dim: int = 4096,
         weight_decay: float = 0.0,
         scale: str = "original",
-        ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
-        ns_dtype: torch.dtype | None = None,
-        adamw_betas: tuple[float, float] = (0.9, 0.95),
-        adamw_eps: float = 1e-10,
-        foreach: bool = True,
+        **kwargs: Any,
     ) -> None:
-        check_unit_interval(self.owner, "momentum", momentum)
-        check_unit_interval(self.owner, "factor_decay", factor_decay)
-        check_nonnegative(self.owner, "damping", damping)
-        check_int(self.owner, "precondition_frequency", precondition_frequency, 1)
-        check_int(self.owner, "max_precondition_dim", max_precondition_dim, 1)
-        check_choice(self.owner, "scale", scale, MUON_SCALES)
-        check_ns(self.owner, ns_steps, ns_coefficients, "newton_schulz")
+        check_unit_interval("FISMO", "factor_decay", factor_decay)
+        check_nonnegative("FISMO", "damping", damping)
+        check_int("FISMO", "precondition_frequency", precondition_frequency, 1)
+        check_int("FISMO", "max_precondition_dim", max_precondition_dim, 1)
+        check_choice("FISMO", "scale", scale, MUON_SCALES)
         defaults = dict(
             lr=lr, momentum=momentum, factor_decay=factor_decay, damping=damping,
             precondition_frequency=precondition_frequency, max_precondition_dim=max_precondition_dim,
-            weight_decay=weight_decay, scale=scale, ns_steps=ns_steps, ns_coefficients=tuple(ns_coefficients),
-            ns_dtype=ns_dtype,
+            weight_decay=weight_decay, scale=scale,
         )
-        super().__init__(params, defaults, adamw_betas=adamw_betas, adamw_eps=adamw_eps, foreach=foreach)
+        super().__init__(params, defaults, **kwargs)
 
     def _init_state(self, state: dict[str, Any], G: torch.Tensor, group: dict[str, Any]) -> None:
         m, n = G.shape
@@ -157,7 +146,7 @@ class FISMO(MatrixOptimizer):
         return X
 
     def _matrix_group(self, group: dict[str, Any]) -> None:
-        params, grads = collect_grads(self.owner, group["params"])
+        params, grads = collect_grads("FISMO", group["params"])
         if not params:
             return
         beta = group["momentum"]
@@ -172,32 +161,20 @@ class FISMO(MatrixOptimizer):
             state["step"] += 1
             state["momentum_buffer"].lerp_(self._two_sided(state, G), 1 - beta)
             bufs.append(state["momentum_buffer"])
-        ortho = orthogonalize_many(
-            bufs, steps=group["ns_steps"], coefficients=group["ns_coefficients"], dtype=group["ns_dtype"],
-            batched=group["foreach"],
-        )
-        lr, wd = group["lr"], group["weight_decay"]
-        for p, o in zip(params, ortho):
-            if wd != 0:
-                p.mul_(1 - lr * wd)
+        lr = group["lr"]
+        for p, o in zip(params, self._orthogonalize(group, bufs)):
             update = self._two_sided(self.state[p], o).view_as(p).to(p.dtype)
-            p.add_(update, alpha=-lr * muon_scale(p.shape, group["scale"]))
+            self._decay_and_add(p, update, lr, group["weight_decay"], -lr * muon_scale(p.shape, group["scale"]))
 
 
-register(
-    OptimizerSpec(
-        name="fismo",
-        cls=FISMO,
-        family="second-order",
-        defaults=dict(lr=0.02, momentum=0.95, factor_decay=0.95, damping=1e-3, precondition_frequency=10,
-                      weight_decay=0.0, scale="original"),
-        builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-        search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=20.0,  # M + P + Q + two inverse roots: ~5 float32 buffers per parameter of a square matrix
-        paper=Paper("FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer (reconstructed)", "2601.21750", 2026),
-        description="Kronecker-factored Fisher whitening around Muon's orthogonalised momentum "
-                    "(reconstructed from secondary write-ups); AdamW on the rest",
-        build_groups=matrix_param_groups,
-    )
+register_matrix_optimizer(
+    "fismo", FISMO,
+    family="second-order",
+    defaults=dict(lr=0.02, momentum=0.95, factor_decay=0.95, damping=1e-3, precondition_frequency=10,
+                  weight_decay=0.0, scale="original"),
+    search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(1e-3, 0.3)),
+    state_bytes=20.0,  # M + P + Q + two inverse roots: ~5 float32 buffers per parameter of a square matrix
+    paper=Paper("FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer (reconstructed)", "2601.21750", 2026),
+    description="Kronecker-factored Fisher whitening around Muon's orthogonalised momentum "
+                "(reconstructed from secondary write-ups); AdamW on the rest",
 )

@@ -4,7 +4,7 @@ Zmushko, Beznosikov, Takáč, Horváth, "FRUGAL: Memory-Efficient Optimization b
 State Overhead for Scalable Training" (arXiv:2411.07837); reference code
 philip-zmushko/FRUGAL (read from the mirror hungquangbui02022003/FRUGAL at 08f5142:
 ``frugal/proj_optimizer_templates.py``, ``adamw.py``, ``galore_projector.py``,
-``coordinate_projector.py``). ALGORITHMS.md §7.
+``coordinate_projector.py``).
 
 For each hidden matrix ``W`` (m x n, conv weights flattened to ``(out, -1)``), every
 ``update_gap`` steps (and at the first) a new subspace is chosen, and with
@@ -43,10 +43,9 @@ from typing import Any, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads
-from optarena.optim.muon import (
-    MatrixOptimizer, check_betas, check_choice, check_int, check_nonnegative, check_positive, matrix_param_groups,
-)
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import MatrixOptimizer, register_matrix_optimizer
+from optarena.optim.registry import FloatRange, Paper
+from optarena.validation import check_choice, check_int, check_nonnegative, check_number, check_positive
 
 __all__ = ["FRUGAL"]
 
@@ -74,8 +73,6 @@ class FRUGAL(MatrixOptimizer):
         seed: seed of the optimizer's generator.
     """
 
-    owner = "FRUGAL"
-
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -94,19 +91,16 @@ class FRUGAL(MatrixOptimizer):
         seed: int = 0,
         foreach: bool = True,
     ) -> None:
-        check_betas(self.owner, "betas", betas)
-        check_nonnegative(self.owner, "eps", eps)
-        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
-            raise ValueError(f"{self.owner} density must be in (0, 1], got density={density!r}")
-        check_int(self.owner, "update_gap", update_gap, 1)
-        check_choice(self.owner, "projection", projection, PROJECTIONS)
-        check_choice(self.owner, "block_order", block_order, BLOCK_ORDERS)
-        check_choice(self.owner, "inactive_update_rule", inactive_update_rule, INACTIVE_RULES)
-        check_nonnegative(self.owner, "inactive_lr_scale", inactive_lr_scale)
-        check_positive(self.owner, "proj_lr_scale", proj_lr_scale)
-        check_int(self.owner, "seed", seed, 0)
+        check_number("FRUGAL", "density", density, 0.0, 1.0, low_open=True)
+        check_int("FRUGAL", "update_gap", update_gap, 1)
+        check_choice("FRUGAL", "projection", projection, PROJECTIONS)
+        check_choice("FRUGAL", "block_order", block_order, BLOCK_ORDERS)
+        check_choice("FRUGAL", "inactive_update_rule", inactive_update_rule, INACTIVE_RULES)
+        check_nonnegative("FRUGAL", "inactive_lr_scale", inactive_lr_scale)
+        check_positive("FRUGAL", "proj_lr_scale", proj_lr_scale)
+        check_int("FRUGAL", "seed", seed, 0)
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, density=density, update_gap=update_gap,
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, density=density, update_gap=update_gap,
             projection=projection, block_order=block_order, inactive_update_rule=inactive_update_rule,
             inactive_lr_scale=inactive_lr_scale, proj_lr_scale=proj_lr_scale, reset_statistics=reset_statistics,
         )
@@ -207,7 +201,7 @@ class FRUGAL(MatrixOptimizer):
         return state["exp_avg"] / (1 - beta1**t) / denom
 
     def _matrix_group(self, group: dict[str, Any]) -> None:
-        params, grads = collect_grads(self.owner, group["params"])
+        params, grads = collect_grads("FRUGAL", group["params"])
         if not params:
             return
         lr, scale = group["lr"], group["proj_lr_scale"]
@@ -258,21 +252,16 @@ class FRUGAL(MatrixOptimizer):
         return out
 
 
-register(
-    OptimizerSpec(
-        name="frugal",
-        cls=FRUGAL,
-        family="memory-efficient",
-        defaults=dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, density=0.25, update_gap=200,
-                      projection="blockwise", block_order="random", inactive_update_rule="sign_sgd",
-                      inactive_lr_scale=1.0, seed=0),
-        builder_defaults=dict(adamw_lr=1e-3, adamw_weight_decay=0.0),
-        search_space=dict(lr=FloatRange(1e-4, 1e-2), inactive_lr_scale=FloatRange(0.01, 1.0),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=2.0,  # 2 * density * 4 bytes on hidden matrices at density 0.25 (+ projector)
-        paper=Paper("FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training",
-                    "2411.07837", 2024),
-        description="AdamW on a subspace (blockwise / SVD / random) of each hidden matrix, signSGD on the rest",
-        build_groups=matrix_param_groups,
-    )
+register_matrix_optimizer(
+    "frugal", FRUGAL,
+    family="memory-efficient",
+    defaults=dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, density=0.25, update_gap=200,
+                  projection="blockwise", block_order="random", inactive_update_rule="sign_sgd",
+                  inactive_lr_scale=1.0, seed=0),
+    adamw_lr=1e-3,
+    search_space=dict(lr=FloatRange(1e-4, 1e-2), inactive_lr_scale=FloatRange(0.01, 1.0)),
+    state_bytes=2.0,  # 2 * density * 4 bytes on hidden matrices at density 0.25 (+ projector)
+    paper=Paper("FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training",
+                "2411.07837", 2024),
+    description="AdamW on a subspace (blockwise / SVD / random) of each hidden matrix, signSGD on the rest",
 )

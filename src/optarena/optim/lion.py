@@ -45,6 +45,7 @@ from optarena.optim._foreach import GroupwiseOptimizer, zeros_state
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.orthogonalize import orthogonalize_many
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.validation import check_choice, check_hparams, check_positive
 
 __all__ = ["KAPPAS", "Lion"]
 
@@ -76,16 +77,10 @@ class Lion(GroupwiseOptimizer):
         foreach: bool = True,
         fused: bool = False,
     ) -> None:
-        if not (isinstance(lr, (int, float)) and lr >= 0.0):
-            raise ValueError(f"Lion lr must be a float >= 0, got lr={lr!r}")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Lion betas must be in [0, 1), got betas={betas!r}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Lion weight_decay must be >= 0, got weight_decay={weight_decay}")
-        if not (callable(kappa) or kappa in KAPPAS):
-            raise ValueError(f"Lion kappa must be one of {KAPPAS} or a callable, got kappa={kappa!r}")
-        if not kappa_eps > 0.0:
-            raise ValueError(f"Lion kappa_eps must be > 0, got kappa_eps={kappa_eps}")
+        check_hparams("Lion", lr=lr, betas=betas, weight_decay=weight_decay)
+        if not callable(kappa):
+            check_choice("Lion", "kappa", kappa, KAPPAS)
+        check_positive("Lion", "kappa_eps", kappa_eps)
         if fused and kappa != "sign":
             raise ValueError(f"Lion fused=True supports kappa='sign' only, got kappa={kappa!r}")
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, kappa=kappa,

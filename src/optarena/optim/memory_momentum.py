@@ -49,15 +49,14 @@ from optarena.optim._foreach import GroupwiseOptimizer, groups_with_grads, run_c
 from optarena.optim.kernels import flat_slices
 from optarena.optim.kernels.memory import AMSGDPasses, am_adamw_fused_step
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.validation import check_hparams, check_nonnegative, check_positive, check_unit_interval
 
 __all__ = ["AMAdamW", "AMSGD"]
 
 
 def _check_lambda_beta(name: str, model_lambda: float, beta_max: float) -> None:
-    if not model_lambda >= 0.0:
-        raise ValueError(f"{name} model_lambda must be >= 0, got model_lambda={model_lambda}")
-    if not 0.0 <= beta_max < 1.0:
-        raise ValueError(f"{name} beta_max must be in [0, 1), got beta_max={beta_max}")
+    check_nonnegative(name, "model_lambda", model_lambda)
+    check_unit_interval(name, "beta_max", beta_max)
 
 
 class AMSGD(torch.optim.Optimizer):
@@ -86,11 +85,8 @@ class AMSGD(torch.optim.Optimizer):
         foreach: bool = True,
         fused: bool = False,
     ) -> None:
-        if not (isinstance(lr, (int, float)) and lr >= 0.0):
-            raise ValueError(f"AMSGD lr must be a float >= 0, got lr={lr!r}")
+        check_hparams("AMSGD", lr=lr, weight_decay=weight_decay)
         _check_lambda_beta("AMSGD", model_lambda, beta_max)
-        if not weight_decay >= 0.0:
-            raise ValueError(f"AMSGD weight_decay must be >= 0, got weight_decay={weight_decay}")
         self.model_lambda = model_lambda
         self.beta_max = beta_max
         self.last_beta: torch.Tensor | None = None
@@ -172,15 +168,9 @@ class AMAdamW(GroupwiseOptimizer):
         model_lambda: float = 0.1,
         fused: bool = False,
     ) -> None:
-        if not (isinstance(lr, (int, float)) and lr >= 0.0):
-            raise ValueError(f"AMAdamW lr must be a float >= 0, got lr={lr!r}")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"AMAdamW betas must be in [0, 1), got betas={betas!r}")
+        check_hparams("AMAdamW", lr=lr, betas=betas, weight_decay=weight_decay)
         _check_lambda_beta("AMAdamW", model_lambda, betas[0])
-        if not eps > 0.0:
-            raise ValueError(f"AMAdamW eps must be > 0, got eps={eps}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"AMAdamW weight_decay must be >= 0, got weight_decay={weight_decay}")
+        check_positive("AMAdamW", "eps", eps)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, model_lambda=model_lambda,
                         fused=fused)
         super().__init__(params, defaults)

@@ -2,7 +2,7 @@
 
 Mozaffari, Li, Zhang, Mehri Dehnavi, "MKOR: Momentum-Enabled Kronecker-Factor-Based
 Optimizer Using Rank-1 Updates" (NeurIPS 2023, arXiv:2306.01685); reference code
-Mohammad-Mozaffari/mkor (``mkor/mkor.py``, ``mkor/utils/factors.py``). ALGORITHMS.md §13.
+Mohammad-Mozaffari/mkor (``mkor/mkor.py``, ``mkor/utils/factors.py``).
 
 For every ``nn.Linear`` whose weight ``W`` (d_out x d_in) is in a ``matrix=True`` group,
 forward hooks record the layer input ``a`` and (through a hook on the output tensor) the
@@ -42,7 +42,7 @@ also get the base optimizer on their raw gradient.
 Deviations from the reference: factors are float32 (the reference defaults to fp16); the
 bias is not folded into the input factor (biases are vectors and get the AdamW rule, so
 ``A_inv`` is d_in x d_in and the norm rescaling uses the weight alone); the stabiliser
-blend ``(1 - zeta) F + zeta I`` is applied on resets after the first as ALGORITHMS.md
+blend ``(1 - zeta) F + zeta I`` is applied on resets after the first, as the paper
 describes (the reference's membership test makes every reset return to ``I``); the
 unused ``stat_decay`` argument is left out (the code hard-codes 0.95 / 0.05, as here);
 statistics of several forward passes before one step are averaged.
@@ -59,11 +59,9 @@ from torch import nn
 
 from optarena.optim._foreach import collect_grads
 from optarena.optim.hooks import TrainingHooks
-from optarena.optim.muon import (
-    MatrixOptimizer, check_choice, check_int, check_nonnegative, check_positive, check_unit_interval,
-    matrix_param_groups,
-)
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import MatrixOptimizer, matrix_param_groups, register_matrix_optimizer
+from optarena.optim.registry import FloatRange, Paper, registered_name
+from optarena.validation import check_choice, check_int, check_nonnegative, check_number, check_positive
 
 __all__ = ["MKOR", "MKORH", "sherman_morrison"]
 
@@ -90,9 +88,8 @@ class MKOR(MatrixOptimizer):
         clipping_value: clip of the recorded inputs / scaled output gradients (default 100).
         warmup_steps: update the factors every step for this many first steps (default 0).
         model: the module whose ``nn.Linear`` layers get hooks (``create_optimizer`` passes it).
+        adamw_betas, adamw_eps (default 1e-8), foreach: as :class:`~optarena.optim.matrix_family.MatrixOptimizer`.
     """
-
-    owner = "MKOR"
 
     def __init__(
         self,
@@ -107,37 +104,33 @@ class MKOR(MatrixOptimizer):
         reset_threshold: float = 2.0,
         clipping_value: float = 100.0,
         warmup_steps: int = 0,
-        adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
-        foreach: bool = True,
         model: nn.Module | None = None,
+        **kwargs: Any,
     ) -> None:
-        check_unit_interval(self.owner, "momentum", momentum)
-        check_choice(self.owner, "base", base, BASES)
-        check_int(self.owner, "inv_freq", inv_freq, 1)
-        if not (isinstance(stabilization_factor, (int, float)) and 0.0 < stabilization_factor <= 1.0):
-            raise ValueError(
-                f"{self.owner} stabilization_factor must be in (0, 1], got stabilization_factor={stabilization_factor!r}"
-            )
-        check_positive(self.owner, "reset_threshold", reset_threshold)
-        check_positive(self.owner, "clipping_value", clipping_value)
-        check_int(self.owner, "warmup_steps", warmup_steps, 0)
+        owner = type(self).__name__
+        check_choice(owner, "base", base, BASES)
+        check_int(owner, "inv_freq", inv_freq, 1)
+        check_number(owner, "stabilization_factor", stabilization_factor, 0.0, 1.0, low_open=True)
+        check_positive(owner, "reset_threshold", reset_threshold)
+        check_positive(owner, "clipping_value", clipping_value)
+        check_int(owner, "warmup_steps", warmup_steps, 0)
         groups, model = _take_model(params, model)
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, base=base, inv_freq=inv_freq,
             stabilization_factor=stabilization_factor, reset_threshold=reset_threshold,
             clipping_value=clipping_value, warmup_steps=warmup_steps,
         )
-        super().__init__(groups, defaults, adamw_betas=adamw_betas, adamw_eps=adamw_eps, foreach=foreach)
+        super().__init__(groups, defaults, adamw_eps=adamw_eps, **kwargs)
         self._steps = 0  # completed steps (decides when statistics are collected)
         self._stats: dict[int, dict[str, Any]] = {}  # id(weight) -> running sums of a_bar, d_bar
         self._layers: dict[int, nn.Linear] = {}  # id(weight) -> module
         self._handles: list[Any] = []
         if model is None:
             warnings.warn(
-                f"{self.owner} was built without a model, so it cannot record layer inputs and output "
+                f"{owner} was built without a model, so it cannot record layer inputs and output "
                 "gradients: it runs the base optimizer without preconditioning. Use "
-                f"create_optimizer('{self.owner.lower().replace('-', '_')}', model) or pass model=.",
+                f"create_optimizer({registered_name(type(self)) or 'name'!r}, model) or pass model=.",
                 stacklevel=2,
             )
         else:
@@ -238,7 +231,7 @@ class MKOR(MatrixOptimizer):
         self._steps += 1
 
     def _matrix_group(self, group: dict[str, Any]) -> None:
-        params, grads = collect_grads(self.owner, group["params"])
+        params, grads = collect_grads(type(self).__name__, group["params"])
         if not params:
             return
         directions = [self._precondition(p, g) for p, g in zip(params, grads)]
@@ -274,8 +267,6 @@ class MKORH(MKOR, TrainingHooks):
         Other arguments as :class:`MKOR`.
     """
 
-    owner = "MKOR-H"
-
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -283,8 +274,8 @@ class MKORH(MKOR, TrainingHooks):
         switch_threshold: float = 0.02,
         **kwargs: Any,
     ) -> None:
-        check_int(self.owner, "switch_window", switch_window, 1)
-        check_nonnegative(self.owner, "switch_threshold", switch_threshold)
+        check_int("MKORH", "switch_window", switch_window, 1)
+        check_nonnegative("MKORH", "switch_threshold", switch_threshold)
         self.switch_window, self.switch_threshold = switch_window, float(switch_threshold)
         self.switched = False
         self._window: list[float] = []
@@ -355,21 +346,20 @@ def _mkor_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, Any]]:
     return groups
 
 
-_COMMON = dict(
-    family="second-order",
-    builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-    paper=Paper("MKOR: Momentum-Enabled Kronecker-Factor-Based Optimizer Using Rank-1 Updates", "2306.01685", 2023),
-    build_groups=_mkor_groups,
-)
-_DEFAULTS = dict(lr=3e-3, momentum=0.9, weight_decay=0.0, base="adamw", inv_freq=10, stabilization_factor=0.1,
-                 warmup_steps=10)
-_SEARCH = dict(lr=FloatRange(3e-4, 3e-2), weight_decay=FloatRange(1e-4, 0.3), adamw_lr=FloatRange(3e-4, 3e-2))
+PAPER = Paper("MKOR: Momentum-Enabled Kronecker-Factor-Based Optimizer Using Rank-1 Updates", "2306.01685", 2023)
+DEFAULTS = dict(lr=3e-3, momentum=0.9, weight_decay=0.0, base="adamw", inv_freq=10, stabilization_factor=0.1,
+                warmup_steps=10)
+SEARCH_SPACE = dict(lr=FloatRange(3e-4, 3e-2), weight_decay=FloatRange(1e-4, 0.3))
 # state: the base optimizer's (AdamW 8 bytes) + (d_in^2 + d_out^2) float32 factors: 2x P for a square layer
-register(OptimizerSpec(name="mkor", cls=MKOR, defaults=_DEFAULTS, search_space=_SEARCH, state_bytes=16.0,
-                       description="rank-1 Sherman-Morrison Kronecker-factor preconditioning of Linear weights "
-                                   "(layer hooks) before an AdamW step; AdamW on the rest", **_COMMON))
-register(OptimizerSpec(name="mkor_h", cls=MKORH, defaults={**_DEFAULTS, "switch_window": 50,
-                                                              "switch_threshold": 0.02},
-                       search_space=_SEARCH, state_bytes=16.0,
-                       description="MKOR that falls back to its first-order base once the windowed loss stops "
-                                   "falling by switch_threshold", **_COMMON))
+register_matrix_optimizer(
+    "mkor", MKOR, family="second-order", defaults=DEFAULTS, search_space=SEARCH_SPACE, state_bytes=16.0,
+    paper=PAPER, build_groups=_mkor_groups,
+    description="rank-1 Sherman-Morrison Kronecker-factor preconditioning of Linear weights (layer hooks) "
+                "before an AdamW step; AdamW on the rest",
+)
+register_matrix_optimizer(
+    "mkor_h", MKORH, family="second-order", defaults={**DEFAULTS, "switch_window": 50, "switch_threshold": 0.02},
+    search_space=SEARCH_SPACE, state_bytes=16.0, paper=PAPER, build_groups=_mkor_groups,
+    description="MKOR that falls back to its first-order base once the windowed loss stops falling by "
+                "switch_threshold",
+)

@@ -2,7 +2,7 @@
 
 Motivated by Zhao, "Towards a Principled Muon under muP: Ensuring Spectral Conditions
 throughout Training" (arXiv:2601.01306). Only that paper's abstract was available when
-this was written (ALGORITHMS.md §5a), so this module ships under a descriptive name
+this was written, so this module ships under a descriptive name
 (``muon_spectral``), not under the paper's name. What the abstract states: for moderately
 large models, controlling the spectral norm of the *update* is enough to keep the muP
 spectral conditions ``||W||_2 = Theta(sqrt(d_out/d_in))`` and
@@ -29,8 +29,9 @@ from typing import Any, Iterable
 
 import torch
 
-from optarena.optim.muon import Muon, matrix_param_groups, muon_scale
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import register_matrix_optimizer
+from optarena.optim.muon import Muon, muon_scale
+from optarena.optim.registry import FloatRange, Paper
 
 __all__ = ["MuonSpectral"]
 
@@ -41,8 +42,6 @@ class MuonSpectral(Muon):
     Takes every :class:`~optarena.optim.Muon` argument; the defaults differ in
     ``scale="spectral"`` and ``weight_decay=1.0``.
     """
-
-    owner = "MuonSpectral"
 
     def __init__(
         self,
@@ -67,20 +66,12 @@ class MuonSpectral(Muon):
         return ratios
 
 
-register(
-    OptimizerSpec(
-        name="muon_spectral",
-        cls=MuonSpectral,
-        family="matrix",
-        defaults=dict(lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=1.0, scale="spectral"),
-        builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-        search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(0.1, 3.0),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=4.0,
-        paper=Paper("Towards a Principled Muon under muP: Ensuring Spectral Conditions throughout Training "
-                    "(reconstruction from the abstract)", "2601.01306", 2026),
-        description="Muon with the muP spectral update scale sqrt(d_out/d_in) and order-one weight decay "
-                    "(reconstructed from the abstract; not the paper's Muon++)",
-        build_groups=matrix_param_groups,
-    )
+register_matrix_optimizer(
+    "muon_spectral", MuonSpectral,
+    defaults=dict(lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=1.0, scale="spectral"),
+    search_space=dict(lr=FloatRange(2e-3, 2e-1), weight_decay=FloatRange(0.1, 3.0)),
+    paper=Paper("Towards a Principled Muon under muP: Ensuring Spectral Conditions throughout Training "
+                "(reconstruction from the abstract)", "2601.01306", 2026),
+    description="Muon with the muP spectral update scale sqrt(d_out/d_in) and order-one weight decay "
+                "(reconstructed from the abstract; not the paper's Muon++)",
 )

@@ -1,7 +1,7 @@
 """NAMO and NAMO-D: orthogonalised momentum with an Adam-type norm-adaptive step size.
 
 "Adam Improves Muon: Adaptive Moment Estimation with Orthogonalized Momentum"
-(arXiv:2602.17080); reference code minxin-zhg/namo ``src/namo.py``. ALGORITHMS.md §3.
+(arXiv:2602.17080); reference code minxin-zhg/namo ``src/namo.py``.
 
 NAMO, per hidden matrix ``W`` (m x n, conv weights flattened to ``(out, -1)``)::
 
@@ -35,11 +35,9 @@ from typing import Any, Iterable
 import torch
 
 from optarena.optim._foreach import collect_grads
-from optarena.optim.muon import (
-    MatrixOptimizer, check_nonnegative, check_ns, check_unit_interval, matrix_param_groups,
-)
-from optarena.optim.orthogonalize import MUON_COEFFICIENTS, orthogonalize_many
-from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.optim.matrix_family import NewtonSchulzOptimizer, register_matrix_optimizer
+from optarena.optim.registry import FloatRange, Paper
+from optarena.validation import check_nonnegative, check_number, check_unit_interval
 
 __all__ = ["NAMO", "NAMOD"]
 
@@ -49,7 +47,7 @@ def _nanmean(x: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1)
 
 
-class NAMO(MatrixOptimizer):
+class NAMO(NewtonSchulzOptimizer):
     """NAMO (see module docstring); AdamW on ``matrix=False`` groups.
 
     Args:
@@ -60,10 +58,10 @@ class NAMO(MatrixOptimizer):
         nesterov: Nesterov blend (default True).
         scale_coeff: c in ``c sqrt(max(m, n))`` (default 0.2, "match RMS AdamW").
         weight_decay: scaled by the clamped adaptive step (default 0.1).
-        ns_steps, ns_coefficients, ns_dtype, ns_method, exact_orthogonalization: as :class:`~optarena.optim.Muon`.
+        ns_steps, ns_coefficients, ns_dtype, ns_method, exact_orthogonalization: the orthogonalisation
+            (:class:`~optarena.optim.matrix_family.NewtonSchulzOptimizer`).
+        adamw_betas, adamw_eps (default 1e-8), foreach: as :class:`~optarena.optim.matrix_family.MatrixOptimizer`.
     """
-
-    owner = "NAMO"
 
     def __init__(
         self,
@@ -75,36 +73,17 @@ class NAMO(MatrixOptimizer):
         nesterov: bool = True,
         scale_coeff: float = 0.2,
         weight_decay: float = 0.1,
-        ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
-        ns_dtype: torch.dtype | None = None,
-        ns_method: str = "newton_schulz",
-        exact_orthogonalization: bool = False,
-        adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
-        foreach: bool = True,
+        **kwargs: Any,
     ) -> None:
-        check_unit_interval(self.owner, "momentum", momentum)
-        check_unit_interval(self.owner, "mu2", mu2)
-        check_nonnegative(self.owner, "eps", eps)
-        check_nonnegative(self.owner, "scale_coeff", scale_coeff)
-        check_ns(self.owner, ns_steps, ns_coefficients, ns_method)
-        defaults = dict(
-            lr=lr, momentum=momentum, mu2=mu2, eps=eps, nesterov=nesterov, scale_coeff=scale_coeff,
-            weight_decay=weight_decay, ns_steps=ns_steps, ns_coefficients=tuple(ns_coefficients), ns_dtype=ns_dtype,
-            ns_method=ns_method, exact_orthogonalization=exact_orthogonalization,
-        )
-        super().__init__(params, defaults, adamw_betas=adamw_betas, adamw_eps=adamw_eps, foreach=foreach)
-
-    def _orthogonalize(self, group: dict[str, Any], updates: list[torch.Tensor]) -> list[torch.Tensor]:
-        return orthogonalize_many(
-            [u.reshape(u.shape[0], -1) for u in updates], steps=group["ns_steps"],
-            coefficients=group["ns_coefficients"], dtype=group["ns_dtype"], exact=group["exact_orthogonalization"],
-            method=group["ns_method"], batched=group["foreach"],
-        )
+        check_unit_interval(type(self).__name__, "mu2", mu2)
+        check_nonnegative(type(self).__name__, "scale_coeff", scale_coeff)
+        defaults = dict(lr=lr, momentum=momentum, mu2=mu2, eps=eps, nesterov=nesterov, scale_coeff=scale_coeff,
+                        weight_decay=weight_decay)
+        super().__init__(params, defaults, adamw_eps=adamw_eps, **kwargs)
 
     def _matrix_group(self, group: dict[str, Any]) -> None:
-        params, grads = collect_grads(self.owner, group["params"])
+        params, grads = collect_grads(type(self).__name__, group["params"])
         if not params:
             return
         mu1, mu2 = group["momentum"], group["mu2"]
@@ -139,11 +118,6 @@ class NAMO(MatrixOptimizer):
         p.add_(o.view_as(p) * (alpha * shape_factor).clamp(max=1.0).to(p.dtype), alpha=-1.0)
 
 
-def _check_col_clamp(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"NAMO-D col_clamp must be in [0, 1] (0 disables it), got col_clamp={value!r}")
-
-
 class NAMOD(NAMO):
     """NAMO-D: one adaptive step per column, clamped towards the mean (see module docstring).
 
@@ -153,8 +127,6 @@ class NAMOD(NAMO):
         lr: default 9e-3 (the paper's GPT-2 small value). Other arguments as :class:`NAMO`.
     """
 
-    owner = "NAMO-D"
-
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -162,11 +134,10 @@ class NAMOD(NAMO):
         col_clamp: float = 0.75,
         **kwargs: Any,
     ) -> None:
-        _check_col_clamp(col_clamp)
         super().__init__(params, lr=lr, **kwargs)
         self.defaults["col_clamp"] = col_clamp  # also used by add_param_group
         for group in self.param_groups:
-            _check_col_clamp(group.setdefault("col_clamp", col_clamp))
+            check_number("NAMOD", "col_clamp", group.setdefault("col_clamp", col_clamp), 0.0, 1.0)
 
     def _init_second_moment(self, state: dict[str, Any], p: torch.Tensor) -> None:
         state["v"] = torch.zeros(p[0].numel(), dtype=torch.float32, device=p.device)
@@ -189,37 +160,23 @@ class NAMOD(NAMO):
         p2.add_(o * (s * base * shape_factor).clamp(max=1.0).to(p.dtype), alpha=-1.0)
 
 
-_COMMON = dict(
-    family="matrix",
-    builder_defaults=dict(adamw_lr=3e-3, adamw_weight_decay=0.0),
-    paper=Paper("Adam Improves Muon: Adaptive Moment Estimation with Orthogonalized Momentum", "2602.17080", 2026),
-    build_groups=matrix_param_groups,
-)
+PAPER = Paper("Adam Improves Muon: Adaptive Moment Estimation with Orthogonalized Momentum", "2602.17080", 2026)
+SEARCH_SPACE = dict(lr=FloatRange(1e-3, 1e-1), weight_decay=FloatRange(1e-3, 0.3))
 
-register(
-    OptimizerSpec(
-        name="namo",
-        cls=NAMO,
-        defaults=dict(lr=1e-2, momentum=0.95, mu2=0.99, nesterov=True, scale_coeff=0.2, weight_decay=0.1,
-                      ns_steps=5),
-        search_space=dict(lr=FloatRange(1e-3, 1e-1), weight_decay=FloatRange(1e-3, 0.3),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=4.0,  # the momentum buffer; plus one float32 scalar per matrix
-        description="Muon direction with an Adam-style norm-adaptive step per matrix; AdamW on the rest",
-        **_COMMON,
-    )
+register_matrix_optimizer(
+    "namo", NAMO,
+    defaults=dict(lr=1e-2, momentum=0.95, mu2=0.99, nesterov=True, scale_coeff=0.2, weight_decay=0.1, ns_steps=5),
+    search_space=SEARCH_SPACE,
+    paper=PAPER,
+    state_bytes=4.0,  # the momentum buffer; plus one float32 scalar per matrix
+    description="Muon direction with an Adam-style norm-adaptive step per matrix; AdamW on the rest",
 )
-
-register(
-    OptimizerSpec(
-        name="namo_d",
-        cls=NAMOD,
-        defaults=dict(lr=9e-3, momentum=0.95, mu2=0.99, nesterov=True, scale_coeff=0.2, weight_decay=0.1,
-                      ns_steps=5, col_clamp=0.75),
-        search_space=dict(lr=FloatRange(1e-3, 1e-1), weight_decay=FloatRange(1e-3, 0.3),
-                          adamw_lr=FloatRange(3e-4, 3e-2)),
-        state_bytes=4.0,  # the momentum buffer; plus n float32 column statistics per m x n matrix
-        description="NAMO with one adaptive step per input column, clamped towards the mean; AdamW on the rest",
-        **_COMMON,
-    )
+register_matrix_optimizer(
+    "namo_d", NAMOD,
+    defaults=dict(lr=9e-3, momentum=0.95, mu2=0.99, nesterov=True, scale_coeff=0.2, weight_decay=0.1, ns_steps=5,
+                  col_clamp=0.75),
+    search_space=SEARCH_SPACE,
+    paper=PAPER,
+    state_bytes=4.0,  # the momentum buffer; plus n float32 column statistics per m x n matrix
+    description="NAMO with one adaptive step per input column, clamped towards the mean; AdamW on the rest",
 )

@@ -3,7 +3,7 @@
 ``newton_schulz`` is the quintic iteration of Jordan et al. (Muon, 2024): after scaling
 ``X`` to unit Frobenius norm, repeat ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``.
 The default coefficients (3.4445, -4.7750, 2.0315) maximise the slope at zero, so the
-singular values land roughly in [0.7, 1.2] rather than exactly at 1 (ALGORITHMS.md §0);
+singular values land roughly in [0.7, 1.2] rather than exactly at 1;
 :func:`singular_value_band` computes the band a coefficient schedule promises.
 
 Every step is an odd polynomial applied to the singular values: with ``X = U S V^T``,
@@ -77,7 +77,7 @@ def resolve_ns_dtype(tensor: torch.Tensor, ns_dtype: torch.dtype | None) -> torc
     """The compute dtype of Newton–Schulz; ``None`` picks one per device.
 
     bfloat16 on accelerators (as Keller Jordan's Muon and ``torch.optim.Muon``) and on CPUs
-    with native bf16 matmuls (AMX, AVX512-BF16: there bf16 is ~10x faster than fp32);
+    with native bf16 matmuls (AMX, AVX512-BF16, where bf16 GEMMs are much cheaper than fp32);
     float32 on other CPUs, where bf16 matmuls are emulated and slow. float64 tensors keep
     float64 (references and tests).
     """

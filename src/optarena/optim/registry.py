@@ -28,6 +28,7 @@ __all__ = [
     "get_spec",
     "list_optimizers",
     "register",
+    "registered_name",
 ]
 
 FAMILIES = ("elementwise", "matrix", "second-order", "zeroth-order", "memory-efficient")
@@ -106,6 +107,7 @@ class OptimizerSpec:
     build_groups: ParamsBuilder | None = None
     builder_defaults: Mapping[str, Any] = field(default_factory=dict)
     uses_schedule: bool = True  # False for schedule-free methods: the trainer then holds the lr constant
+    validate: Callable[[str, Mapping[str, Any]], None] | None = None  # checks hparams the class does not check
 
     def __post_init__(self) -> None:
         if self.name != self.name.lower() or not self.name.replace("_", "").isalnum():
@@ -124,11 +126,19 @@ _REGISTRY: dict[str, OptimizerSpec] = {}
 
 
 def register(spec: OptimizerSpec) -> OptimizerSpec:
-    """Add ``spec`` to the registry; names are unique."""
+    """Add ``spec`` to the registry; names are unique, and so is each class's name."""
     if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
         raise ValueError(f"an optimizer named {spec.name!r} is already registered")
+    other = registered_name(spec.cls)
+    if other is not None and other != spec.name:
+        raise ValueError(f"{spec.cls.__name__} is already registered as {other!r}; one name per optimizer")
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def registered_name(cls: type) -> str | None:
+    """The name ``cls`` is registered under (what ``create_optimizer`` takes), or None."""
+    return next((name for name, spec in _REGISTRY.items() if spec.cls is cls), None)
 
 
 def list_optimizers() -> list[str]:
@@ -160,10 +170,20 @@ def decay_groups(partition: ParameterPartition, hparams: dict[str, Any]) -> list
 
 
 def constructor_arguments(cls: type) -> set[str]:
-    """Keyword arguments of an optimizer class's ``__init__`` besides ``params``."""
-    parameters = inspect.signature(cls.__init__).parameters.values()
-    return {p.name for p in parameters if p.name not in ("self", "params")
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    """Keyword arguments of an optimizer class's ``__init__`` besides ``params``.
+
+    An ``__init__`` that takes ``**kwargs`` passes them on, so the bases' arguments count too.
+    """
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.name not in ("self", "params", "defaults")
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
 
 
 def create_optimizer(
@@ -189,6 +209,8 @@ def create_optimizer(
     if unknown:
         raise ValueError(f"{name}: unknown hyperparameters {unknown}; valid: {sorted(valid)}")
     merged = {**spec.defaults, **spec.builder_defaults, **hparams}
+    if spec.validate is not None:
+        spec.validate(spec.cls.__name__, merged)
     builder_args = {k: merged.pop(k) for k in spec.builder_defaults}
     if isinstance(model_or_params, nn.Module):
         partition = partition_parameters(model_or_params, roles=param_roles)

@@ -43,6 +43,7 @@ import torch
 from optarena.optim._foreach import GroupwiseOptimizer, adamw_rule, group_by_device_dtype, zeros_state
 from optarena.optim.kernels import rms
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.validation import check_choice, check_hparams
 
 __all__ = ["SCALE", "SCALE_ROLES"]
 
@@ -89,24 +90,14 @@ class SCALE(GroupwiseOptimizer):
         role: str | None = None,
         fused: bool = False,
     ) -> None:
-        if not (isinstance(lr, (int, float)) and lr >= 0.0):
-            raise ValueError(f"SCALE lr must be a float >= 0, got lr={lr!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"SCALE momentum must be in [0, 1), got momentum={momentum}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"SCALE weight_decay must be >= 0, got weight_decay={weight_decay}")
-        if len(adamw_betas) != 2 or not all(0.0 <= b < 1.0 for b in adamw_betas):
-            raise ValueError(f"SCALE adamw_betas must be in [0, 1), got adamw_betas={adamw_betas!r}")
-        if not adamw_eps >= 0.0:
-            raise ValueError(f"SCALE adamw_eps must be >= 0, got adamw_eps={adamw_eps}")
-        if role not in SCALE_ROLES:
-            raise ValueError(f"SCALE role must be one of {SCALE_ROLES}, got role={role!r}")
+        check_hparams("SCALE", lr=lr, momentum=momentum, weight_decay=weight_decay, adamw_betas=adamw_betas,
+                      adamw_eps=adamw_eps)
+        check_choice("SCALE", "role", role, SCALE_ROLES)
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, adamw_betas=tuple(adamw_betas),
                         adamw_eps=adamw_eps, role=role, fused=fused)
         super().__init__(params, defaults)
         for group in self.param_groups:
-            if group["role"] not in SCALE_ROLES:
-                raise ValueError(f"SCALE role must be one of {SCALE_ROLES}, got role={group['role']!r}")
+            check_choice("SCALE", "role", group["role"], SCALE_ROLES)
             if group["role"] in ("hidden", "embedding", "readout"):
                 for p in group["params"]:
                     if p.ndim < 2:

@@ -37,6 +37,7 @@ from optarena.optim._foreach import group_by_device_dtype, groups_with_grads, ru
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.hooks import TrainingHooks
 from optarena.optim.registry import Categorical, FloatRange, OptimizerSpec, Paper, register
+from optarena.validation import check_hparams, check_int, check_nonnegative, check_number
 
 __all__ = ["ScheduleFreeAdamW"]
 
@@ -70,20 +71,11 @@ class ScheduleFreeAdamW(torch.optim.Optimizer, TrainingHooks):
         foreach: bool = True,
         fused: bool = False,
     ) -> None:
-        if not (isinstance(lr, (int, float)) and lr >= 0.0):
-            raise ValueError(f"ScheduleFreeAdamW lr must be a float >= 0, got lr={lr!r}")
-        if len(betas) != 2 or not (0.0 < betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"ScheduleFreeAdamW betas must be in (0, 1) x [0, 1), got betas={betas!r}")
-        if not eps >= 0.0:
-            raise ValueError(f"ScheduleFreeAdamW eps must be >= 0, got eps={eps}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"ScheduleFreeAdamW weight_decay must be >= 0, got weight_decay={weight_decay}")
-        if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
-            raise ValueError(f"ScheduleFreeAdamW warmup_steps must be an int >= 0, got warmup_steps={warmup_steps!r}")
-        if not r >= 0.0:
-            raise ValueError(f"ScheduleFreeAdamW r must be >= 0, got r={r}")
-        if not weight_lr_power >= 0.0:
-            raise ValueError(f"ScheduleFreeAdamW weight_lr_power must be >= 0, got weight_lr_power={weight_lr_power}")
+        check_hparams("ScheduleFreeAdamW", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        check_number("ScheduleFreeAdamW", "betas[0]", betas[0], 0.0, 1.0, low_open=True, high_open=True)
+        check_int("ScheduleFreeAdamW", "warmup_steps", warmup_steps, 0)
+        check_nonnegative("ScheduleFreeAdamW", "r", r)
+        check_nonnegative("ScheduleFreeAdamW", "weight_lr_power", weight_lr_power)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps,
                         r=r, weight_lr_power=weight_lr_power, foreach=foreach, fused=fused,
                         train_mode=True, step=0, weight_sum=0.0, lr_max=0.0)

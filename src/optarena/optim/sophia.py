@@ -58,6 +58,7 @@ from optarena.optim._foreach import collect_grads, run_closure
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.hooks import TrainingHooks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
+from optarena.validation import check_choice, check_hparams, check_int, check_positive
 
 __all__ = ["SophiaG", "SophiaH"]
 
@@ -82,18 +83,10 @@ class _Sophia(torch.optim.Optimizer, TrainingHooks):
         fused: bool,
     ) -> None:
         name = self._name
-        if not (isinstance(lr, (int, float)) and lr >= 0.0):
-            raise ValueError(f"{name} lr must be a float >= 0, got lr={lr!r}")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"{name} betas must be in [0, 1), got betas={betas!r}")
-        if not rho > 0.0:
-            raise ValueError(f"{name} rho must be > 0, got rho={rho}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"{name} weight_decay must be >= 0, got weight_decay={weight_decay}")
-        if not eps > 0.0:
-            raise ValueError(f"{name} eps must be > 0, got eps={eps}")
-        if not (isinstance(hessian_interval, int) and hessian_interval >= 1):
-            raise ValueError(f"{name} hessian_interval must be an int >= 1, got hessian_interval={hessian_interval!r}")
+        check_hparams(name, lr=lr, betas=betas, weight_decay=weight_decay)
+        check_positive(name, "rho", rho)
+        check_positive(name, "eps", eps)
+        check_int(name, "hessian_interval", hessian_interval, 1)
         defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps,
                         hessian_interval=hessian_interval, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
@@ -216,8 +209,8 @@ class SophiaG(_Sophia):
         foreach: bool = True,
         fused: bool = False,
     ) -> None:
-        if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ValueError(f"SophiaG batch_size must be an int >= 1 or None, got batch_size={batch_size!r}")
+        if batch_size is not None:
+            check_int("SophiaG", "batch_size", batch_size, 1)
         self.batch_size = batch_size
         self._warned: set[str] = set()
         super().__init__(params, lr, betas, rho, weight_decay, eps, hessian_interval, foreach, fused)
@@ -272,10 +265,9 @@ class SophiaH(_Sophia):
         foreach: bool = True,
         fused: bool = False,
     ) -> None:
-        if distribution not in self.DISTRIBUTIONS:
-            raise ValueError(f"SophiaH distribution must be one of {self.DISTRIBUTIONS}, got distribution={distribution!r}")
-        if hessian_clip is not None and not hessian_clip > 0:
-            raise ValueError(f"SophiaH hessian_clip must be > 0 or None, got hessian_clip={hessian_clip!r}")
+        check_choice("SophiaH", "distribution", distribution, self.DISTRIBUTIONS)
+        if hessian_clip is not None:
+            check_positive("SophiaH", "hessian_clip", hessian_clip)
         self.distribution = distribution
         self.hessian_clip = hessian_clip
         super().__init__(params, lr, betas, rho, weight_decay, eps, hessian_interval, foreach, fused)

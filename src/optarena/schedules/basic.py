@@ -19,29 +19,24 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["Schedule", "ScheduleLR", "WSD_SHAPES", "as_lambda_lr", "constant", "cosine", "decay_shape", "linear"]
+from optarena.schedules.registry import Option, ScheduleSpec, register_schedule
+from optarena.validation import check_int, check_number
+
+__all__ = [
+    "FINAL", "WARMUP_INIT", "Schedule", "ScheduleLR", "WSD_SHAPES", "as_lambda_lr", "check_fraction", "constant",
+    "cosine", "decay_shape", "linear",
+]
 
 WSD_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
 
-
-def _check_nonneg_int(name: str, value: Any) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        raise ValueError(f"{name} must be an int >= 0, got {name}={value!r}")
-
-
-def _check_fraction(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {name}={value!r}")
+# options that most schedules share
+WARMUP_INIT = Option("multiplier the warmup starts from", low=0.0, high=1.0)
+FINAL = Option("multiplier reached at the end of the decay", low=0.0, high=1.0)
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
-
-
-def _check_shape(shape: Any) -> None:
-    if shape not in WSD_SHAPES:
-        raise ValueError(f"decay shape must be one of {WSD_SHAPES}, got shape={shape!r}")
+def check_fraction(name: str, value: Any) -> None:
+    """A number in [0, 1] (fractions of a run, multipliers)."""
+    check_number("", name, value, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -57,8 +52,8 @@ class Schedule:
     warmup_init: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_nonneg_int("warmup", self.warmup)
-        _check_fraction("warmup_init", self.warmup_init)
+        check_int("", "warmup", self.warmup, 0)
+        check_fraction("warmup_init", self.warmup_init)
 
     def __call__(self, step: int) -> float:
         if step < 0:
@@ -88,12 +83,12 @@ class _Decaying(Schedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_nonneg_int("total_steps", self.total_steps)
+        check_int("", "total_steps", self.total_steps, 0)
         if self.total_steps <= self.warmup:
             raise ValueError(
                 f"total_steps must exceed warmup, got total_steps={self.total_steps}, warmup={self.warmup}"
             )
-        _check_fraction("final", self.final)
+        check_fraction("final", self.final)
 
     def progress(self, step: int, start: int) -> float:
         """Fraction in [0, 1] of the way from ``start`` to ``total_steps``."""
@@ -199,3 +194,25 @@ def as_lambda_lr(optimizer: torch.optim.Optimizer, schedule: Schedule, last_epoc
     if not callable(schedule):
         raise ValueError(f"schedule must be callable step -> multiplier, got {schedule!r}")
     return ScheduleLR(optimizer, schedule, last_epoch=last_epoch)
+
+
+def _constant(total_steps: int, warmup: int = 0, warmup_init: float = 0.0) -> Schedule:
+    if total_steps <= warmup:
+        raise ValueError(f"total_steps must exceed warmup, got total_steps={total_steps}, warmup={warmup}")
+    return constant(warmup=warmup, warmup_init=warmup_init)
+
+
+register_schedule(ScheduleSpec(
+    "constant", _constant, dict(warmup_init=WARMUP_INIT), paper="",
+    description="1 after warmup",
+))
+register_schedule(ScheduleSpec(
+    "linear", linear, dict(final=FINAL, warmup_init=WARMUP_INIT),
+    paper="Defazio, Cutkosky, Mehta, Mishchenko 2023 (arXiv:2310.07831)",
+    description="linear decay to final",
+))
+register_schedule(ScheduleSpec(
+    "cosine", cosine, dict(final=FINAL, warmup_init=WARMUP_INIT),
+    paper="Loshchilov & Hutter, SGDR (arXiv:1608.03983)",
+    description="half-cosine to the floor final",
+))

@@ -11,7 +11,7 @@ cosine re-warm/re-decay). Steps count from the start of the new phase: build one
 
 **Infinite** (Ibrahim et al. 2024, arXiv:2403.08763; Singh, Janson, Mehrbod, Ibrahim, Rish,
 Belilovsky, Thérien 2025, "Beyond Cosine Decay: On the effectiveness of Infinite Learning
-Rate Schedule for Continual Pre-training", arXiv:2503.02844). ALGORITHMS.md §4.6::
+Rate Schedule for Continual Pre-training", arXiv:2503.02844)::
 
     warmup    n < N_w:              linear 0 -> 1
     cool-down N_w <= n < N_w+N_cd:  level + (1-level)/2 (1 + cos(pi (n-N_w)/N_cd))
@@ -34,8 +34,10 @@ import math
 from dataclasses import dataclass
 
 from optarena.schedules.basic import (
-    Schedule, _check_fraction, _check_nonneg_int, _check_positive, _check_shape, _Decaying, decay_shape,
+    FINAL, WARMUP_INIT, WSD_SHAPES, Schedule, _Decaying, check_fraction, decay_shape,
 )
+from optarena.schedules.registry import Option, ScheduleSpec, register_schedule
+from optarena.validation import check_choice, check_int, check_number, check_positive
 
 __all__ = ["ANNEAL_FORMULAS", "InfiniteSchedule", "infinite", "rewarm"]
 
@@ -50,11 +52,11 @@ class _Rewarm(_Decaying):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_positive("peak", self.peak)
+        check_positive("", "peak", self.peak)
         if self.final > self.peak:
             raise ValueError(f"rewarm final must be <= peak, got final={self.final}, peak={self.peak}")
-        _check_fraction("decay_fraction", self.decay_fraction)
-        _check_shape(self.shape)
+        check_fraction("decay_fraction", self.decay_fraction)
+        check_choice("", "shape", self.shape, WSD_SHAPES)
 
     @property
     def decay_start(self) -> int:
@@ -104,23 +106,20 @@ class InfiniteSchedule(Schedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_nonneg_int("cooldown_steps", self.cooldown_steps)
-        _check_positive("level", self.level)
-        if self.level > 1.0:
-            raise ValueError(f"infinite level must be in (0, 1], got level={self.level}")
-        _check_positive("final", self.final)
+        check_int("", "cooldown_steps", self.cooldown_steps, 0)
+        check_number("", "level", self.level, 0.0, 1.0, low_open=True)
+        check_positive("", "final", self.final)
         if self.final > self.level:
             raise ValueError(f"infinite final must be <= level, got final={self.final}, level={self.level}")
-        if self.anneal_formula not in ANNEAL_FORMULAS:
-            raise ValueError(f"anneal_formula must be one of {ANNEAL_FORMULAS}, got {self.anneal_formula!r}")
+        check_choice("", "anneal_formula", self.anneal_formula, ANNEAL_FORMULAS)
         if self.anneal_start is not None:
-            _check_nonneg_int("anneal_start", self.anneal_start)
+            check_int("", "anneal_start", self.anneal_start, 0)
             if self.anneal_start < self.warmup + self.cooldown_steps:
                 raise ValueError(
                     f"anneal_start must be >= warmup + cooldown_steps = {self.warmup + self.cooldown_steps}, "
                     f"got anneal_start={self.anneal_start}"
                 )
-            _check_nonneg_int("anneal_steps", self.anneal_steps)
+            check_int("", "anneal_steps", self.anneal_steps, 0)
             if self.anneal_steps == 0:
                 raise ValueError("anneal_steps must be > 0 when anneal_start is set")
 
@@ -157,11 +156,11 @@ def infinite(
     (``anneal_fraction=0``: never anneal; use :meth:`InfiniteSchedule.anneal_at` later).
     Defaults (level 1/8, final 1e-3, 20% cool-down, 10% anneal) are ours, not the paper's.
     """
-    _check_nonneg_int("total_steps", total_steps)
+    check_int("", "total_steps", total_steps, 0)
     if total_steps <= warmup:
         raise ValueError(f"total_steps must exceed warmup, got total_steps={total_steps}, warmup={warmup}")
-    _check_fraction("cooldown_fraction", cooldown_fraction)
-    _check_fraction("anneal_fraction", anneal_fraction)
+    check_fraction("cooldown_fraction", cooldown_fraction)
+    check_fraction("anneal_fraction", anneal_fraction)
     cooldown = round(cooldown_fraction * total_steps)
     anneal = round(anneal_fraction * total_steps)
     if warmup + cooldown + anneal > total_steps:
@@ -174,3 +173,30 @@ def infinite(
         anneal_start=total_steps - anneal if anneal > 0 else None, anneal_steps=anneal, final=final,
         anneal_formula=anneal_formula,
     )
+
+
+register_schedule(ScheduleSpec(
+    "infinite", infinite,
+    dict(
+        cooldown_fraction=Option("fraction of the run in the cosine cool-down", low=0.0, high=1.0),
+        level=Option("the constant multiplier after the cool-down", low=0.0, high=1.0, low_open=True),
+        anneal_fraction=Option("fraction of the run in the final anneal (0: never)", low=0.0, high=1.0),
+        final=Option("multiplier at the end of the anneal", low=0.0, high=1.0, low_open=True),
+        anneal_formula=Option("exponent of the anneal", kind="choice", choices=ANNEAL_FORMULAS),
+        warmup_init=WARMUP_INIT,
+    ),
+    paper="Ibrahim et al. 2024 (arXiv:2403.08763); Singh et al. 2025 (arXiv:2503.02844)",
+    description="warmup, cosine cool-down, constant, anneal on demand",
+))
+register_schedule(ScheduleSpec(
+    "rewarm", rewarm,
+    dict(
+        peak=Option("multiplier the warmup climbs to", low=0.0, low_open=True),
+        warmup_init=WARMUP_INIT,
+        decay_fraction=Option("fraction of the phase spent decaying", low=0.0, high=1.0),
+        shape=Option("decay shape", kind="choice", choices=WSD_SHAPES),
+        final=FINAL,
+    ),
+    paper="Gupta et al. 2023 (arXiv:2308.04014); Ibrahim et al. 2024 (arXiv:2403.08763)",
+    description="continual pre-training: re-warm to peak, then decay",
+))

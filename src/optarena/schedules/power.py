@@ -2,7 +2,7 @@
 
 Shen, Stallone, Mishra, Zhang, Tan, Prasad, Meza Soria, Cox, Panda 2024, "Power Scheduler:
 A Batch Size and Token Number Agnostic Learning Rate Scheduler" (arXiv:2408.13359).
-ALGORITHMS.md §4.3. Under WSD the best peak rate follows eta_opt ~ beta a T^b (beta: batch
+Under WSD the best peak rate follows eta_opt ~ beta a T^b (beta: batch
 size in sequences, T: tokens), so the scheduler uses, with n the tokens seen,
 
     eta_power(n) = min(eta_max, beta a n^b)
@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from optarena.schedules.basic import _check_fraction, _check_positive, _check_shape, _Decaying, decay_shape
+from optarena.schedules.basic import FINAL, WARMUP_INIT, WSD_SHAPES, _Decaying, check_fraction, decay_shape
+from optarena.schedules.registry import Option, ScheduleSpec, register_schedule
+from optarena.validation import check_choice, check_number, check_positive
 
 __all__ = ["power"]
 
@@ -52,13 +54,12 @@ class _Power(_Decaying):
                     f"the power schedule needs {name} > 0 (batch_size: sequences per step, the paper's beta; "
                     f"seq_len: tokens per sequence, 1 for non-sequence data), got {name}={value!r}"
                 )
-        _check_positive("a", self.a)
-        if isinstance(self.b, bool) or not isinstance(self.b, (int, float)) or not -10.0 < self.b < 0.0:
-            raise ValueError(f"power exponent b must be in (-10, 0), got b={self.b!r}")
-        _check_positive("lr_max", self.lr_max)
-        _check_positive("base_lr", self.base_lr)
-        _check_fraction("decay_fraction", self.decay_fraction)
-        _check_shape(self.shape)
+        check_positive("", "a", self.a)
+        check_number("power exponent", "b", self.b, -10.0, 0.0, low_open=True, high_open=True)
+        check_positive("", "lr_max", self.lr_max)
+        check_positive("", "base_lr", self.base_lr)
+        check_fraction("decay_fraction", self.decay_fraction)
+        check_choice("", "shape", self.shape, WSD_SHAPES)
 
     @property
     def tokens_per_step(self) -> int:
@@ -115,3 +116,21 @@ def power(
         a=a, b=b, lr_max=lr_max, base_lr=lr_max if base_lr is None else base_lr,
         decay_fraction=decay_fraction, shape=shape,
     )
+
+
+register_schedule(ScheduleSpec(
+    "power", power,
+    dict(
+        batch_size=Option("sequences per step (the paper's beta); required", kind="int", low=1),
+        seq_len=Option("tokens per sequence (1 when a token is a sample); required", kind="int", low=1),
+        a=Option("coefficient of the power law", low=0.0, low_open=True),
+        b=Option("exponent of the power law", low=-10.0, high=0.0, low_open=True, high_open=True),
+        lr_max=Option("cap of the learning rate", low=0.0, low_open=True),
+        base_lr=Option("the optimizer lr the multipliers refer to (default lr_max)", low=0.0, low_open=True),
+        decay_fraction=Option("fraction of the run spent decaying", low=0.0, high=1.0),
+        shape=Option("decay shape", kind="choice", choices=WSD_SHAPES),
+        final=FINAL, warmup_init=WARMUP_INIT,
+    ),
+    paper="Shen et al. 2024 (arXiv:2408.13359)",
+    description="learning rate from tokens seen and batch size",
+))

@@ -1,7 +1,7 @@
 """Schedule refinement: a learning-rate schedule derived from a previous run's gradient norms.
 
 Defazio, Cutkosky, Mehta, Mishchenko 2023, "When, Why and How Much? Adaptive Learning Rate
-Scheduling by Refinement" (arXiv:2310.07831). ALGORITHMS.md §4.5. From per-step gradient
+Scheduling by Refinement" (arXiv:2310.07831). From per-step gradient
 norms g_1..g_T of a prior run:
 
 1. smooth them with a median filter of width 2 floor(tau T / 2) + 1 (the window is cut
@@ -27,7 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
-from optarena.schedules.basic import Schedule, _check_nonneg_int
+from optarena.schedules.basic import WARMUP_INIT, Schedule
+from optarena.schedules.registry import Option, ScheduleSpec, register_schedule
+from optarena.validation import check_int
 
 __all__ = ["median_filter_end_reflect", "refine_from_grad_norms", "refined"]
 
@@ -69,7 +71,7 @@ def refine_from_grad_norms(
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"refined tau must be in [0, 1], got tau={tau}")
     T = raw.size if total_steps is None else total_steps
-    _check_nonneg_int("total_steps", T)
+    check_int("", "total_steps", T, 0)
     if T < 2:
         raise ValueError(f"refined needs total_steps >= 2, got total_steps={T}")
     if weights is None:
@@ -137,3 +139,17 @@ def refined(
         weights = _load_values(weights)
     values = refine_from_grad_norms(grad_norms if grad_norms is not None else weights, total_steps, tau, weights)
     return _Refined(warmup=warmup, warmup_init=warmup_init, multipliers=tuple(float(v) for v in values))
+
+
+register_schedule(ScheduleSpec(
+    "refined", refined,
+    dict(
+        grad_norms=Option("a prior run's per-step gradient norms (or a .npy/.json/text file)",
+                          kind="file_or_numbers"),
+        tau=Option("median-filter width as a fraction of the recorded steps", low=0.0, high=1.0),
+        weights=Option("explicit per-step weights instead of grad_norms^-2", kind="file_or_numbers"),
+        warmup_init=WARMUP_INIT,
+    ),
+    paper="Defazio, Cutkosky, Mehta, Mishchenko 2023 (arXiv:2310.07831)",
+    description="from a prior run's gradient norms",
+))

@@ -27,7 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from optarena.schedules.basic import _check_fraction, _check_shape, _Decaying, decay_shape
+from optarena.schedules.basic import FINAL, WARMUP_INIT, WSD_SHAPES, _Decaying, check_fraction, decay_shape
+from optarena.schedules.registry import Option, ScheduleSpec, register_schedule
+from optarena.validation import check_choice
 
 __all__ = ["BudgetBranch", "wsd", "wsd_s", "wsd_s_branch_points"]
 
@@ -41,8 +43,8 @@ class _WSD(_Decaying):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_fraction("decay_fraction", self.decay_fraction)
-        _check_shape(self.shape)
+        check_fraction("decay_fraction", self.decay_fraction)
+        check_choice("", "shape", self.shape, WSD_SHAPES)
 
     @property
     def decay_start(self) -> int:
@@ -116,7 +118,7 @@ def wsd_s_branch_points(
     [(80, 100, 100), (240, 300, None)]
     """
     budgets = _as_int_budgets(budgets)
-    _check_fraction("decay_fraction", decay_fraction)
+    check_fraction("decay_fraction", decay_fraction)
     if budgets[0] <= warmup:
         raise ValueError(f"the first budget must exceed warmup, got budgets={budgets}, warmup={warmup}")
     branches, previous_end = [], 0
@@ -144,7 +146,7 @@ class _WSDS(_Decaying):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_shape(self.shape)
+        check_choice("", "shape", self.shape, WSD_SHAPES)
         if not self.budgets or self.budgets[-1] != self.total_steps:
             raise ValueError(f"WSD-S budgets must end at total_steps={self.total_steps}, got budgets={self.budgets}")
         self.branch_points()  # validates spacing and decay_fraction
@@ -205,3 +207,24 @@ def wsd_s(
         warmup=warmup, warmup_init=warmup_init, total_steps=total_steps, final=final,
         budgets=tuple(steps), decay_fraction=decay_fraction, shape=shape,
     )
+
+
+DECAY_FRACTION = Option("fraction of the run (of each budget, for wsd_s) spent decaying", low=0.0, high=1.0)
+SHAPE = Option("decay shape", kind="choice", choices=WSD_SHAPES)
+
+register_schedule(ScheduleSpec(
+    "wsd", wsd, dict(decay_fraction=DECAY_FRACTION, shape=SHAPE, final=FINAL, warmup_init=WARMUP_INIT),
+    paper="Hu et al., MiniCPM (arXiv:2404.06395); Hägele et al. (arXiv:2405.18392)",
+    description="warmup-stable-decay with a linear, cosine, 1-sqrt or exponential decay",
+))
+register_schedule(ScheduleSpec(
+    "wsd_s", wsd_s,
+    dict(
+        budgets=Option("intermediate budgets in steps, e.g. 500/1000", kind="numbers", low=0.0, low_open=True),
+        budget_fractions=Option("the budgets as fractions of the run, e.g. 0.25/0.5", kind="numbers",
+                                low=0.0, high=1.0, low_open=True),
+        decay_fraction=DECAY_FRACTION, shape=SHAPE, final=FINAL, warmup_init=WARMUP_INIT,
+    ),
+    paper="Wen et al. 2024 (arXiv:2410.05192)",
+    description="one run, a decayed model at each budget, training resumed from the decayed weights",
+))

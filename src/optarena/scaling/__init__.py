@@ -10,3 +10,10 @@ from optarena.scaling.mup_plan import MupPlan, mup_plan
 from optarena.scaling.rules import (
     fit_hyperparameter_scaling, power_scheduler_lr, step_law_batch_size, step_law_lr, suggest, weight_decay_for_width,
 )
+
+__all__ = [
+    "AnnealingLawParams", "MupPlan", "annealing_areas", "apply_mup", "compare_curves", "coord_check",
+    "create_mup_optimizer", "detect_warmup", "fit_annealing_law", "fit_hyperparameter_scaling", "mup_param_groups",
+    "mup_plan", "plot_coord_check", "plot_predictions", "power_scheduler_lr", "predict_curve", "step_law_batch_size",
+    "step_law_lr", "suggest", "weight_decay_for_width",
+]

@@ -136,8 +136,7 @@ def _synthetic_study(out: Path) -> None:
 def _add(store, scale, optimizer, steps, lr, final, *, seed, role, trial):
     config = {"workload": "lm", "scale": scale, "optimizer": optimizer, "seed": seed, "steps": steps,
               "hparams": {"lr": lr}}
-    run_id = store.start_run(f"{scale}/{optimizer}/{steps}/{lr}/{seed}", cell=f"lm/{scale}/{optimizer}",
-                             config=config)
+    run_id = store.start_run(f"{scale}/{optimizer}/{steps}/{lr}/{seed}", config=config)
     end = final if final is not None else 9.0
     decay = [(math.exp(-4 * i / 8) - math.exp(-4)) / (1 - math.exp(-4)) for i in range(9)]  # 1 -> 0
     points = [CurvePoint(round(steps * i / 8), 0, None, end + (5.5 - end) * f, None, None, None)

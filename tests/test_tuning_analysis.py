@@ -4,10 +4,11 @@ import math
 
 import pytest
 
-from optarena.arena.analysis import confidence_interval, steps_to_target, summarize_study
 from optarena.arena.store import CurvePoint, ResultStore
 from optarena.arena.trainer import RunConfig
-from optarena.arena.tuning import halton_trials, tune_cell
+from optarena.arena.search import halton_trials
+from optarena.arena.summaries import confidence_interval, steps_to_target, summarize_study
+from optarena.arena.tuner import tune_cell
 from optarena.optim import Categorical, FloatRange
 
 

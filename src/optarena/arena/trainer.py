@@ -134,7 +134,6 @@ def train(
     config: RunConfig,
     store: ResultStore | None = None,
     *,
-    cell: str | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -175,8 +174,7 @@ def train(
         error = f"{type(exc).__name__}: {exc}"
         run_id = None
         if store is not None:
-            run_id = store.start_run(key, cell=cell or f"{config.workload}/{config.scale}/{config.optimizer}",
-                                     config={**config.model_dump(), "steps": steps, "versions": _versions()})
+            run_id = store.start_run(key, config={**config.model_dump(), "steps": steps, "versions": _versions()})
             store.finish_run(run_id, status="failed", error=error)
         return RunResult(run_id, "failed", None, None, error=error)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -216,8 +214,7 @@ def train(
             run_id = existing.id
             store.truncate_curve(run_id, start_step)
         else:
-            run_id = store.start_run(key, cell=cell or f"{config.workload}/{config.scale}/{config.optimizer}",
-                                     config=record)
+            run_id = store.start_run(key, config=record)
 
     pending: list[CurvePoint] = []
     curve: list[CurvePoint] = []

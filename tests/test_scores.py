@@ -82,7 +82,7 @@ def test_geometric_mean_speedup_by_hand():
 
 
 def test_fantastic_fit_reproduces_the_worked_example():
-    # ARENA.md §2.3: AdamW 130M at 1/2/4/8x Chinchilla; Muon reaches 3.2373 at 8x
+    # Wen et al. (arXiv:2509.02046): AdamW 130M at 1/2/4/8x Chinchilla; Muon reaches 3.2373 at 8x
     fit = fit_data_scaling([1, 2, 4, 8], [3.5291, 3.4078, 3.3217, 3.2606])
     assert fit.alpha == pytest.approx(0.418, abs=1e-3)
     assert fit.exponent == pytest.approx(0.495, abs=1e-3)

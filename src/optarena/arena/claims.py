@@ -6,6 +6,17 @@ worker that dies leaves a claim that goes stale (at once for a dead process on t
 after the lease elsewhere), and the next worker to need the run takes it over and resumes it
 from its checkpoint. Keys are shared by every study in the database, so a run that two studies
 need is trained once.
+
+Why not Optuna's heartbeat (``RDBStorage(heartbeat_interval=...)``, ``fail_stale_trials``,
+``RetryFailedTrialCallback``)? Each cell is an Optuna study (:mod:`optarena.arena.studies`), but
+Optuna's liveness is per *trial of one study*, while a run is shared by every study that needs
+its key; a stale trial is marked failed and retried as a *new* trial number, which would break
+the replayed protocols (trial ``i`` is a function of the settings and ``i``) and the equal
+trial budget; staleness is only a timeout, with no same-host dead-process check, so a killed
+worker's run waits out the whole grace period; nothing stops a stalled-but-alive holder from
+finishing and recording a run another worker took over (a claim's compare-and-swap token does);
+and the heartbeat thread is driven by ``Study.optimize``, while a worker here interleaves many
+cells one run at a time.
 """
 
 from __future__ import annotations

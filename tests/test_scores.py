@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from optarena.arena.report import ranking_rows
 from optarena.arena.scores import (
     benchmark_score,
     final_losses,
@@ -222,3 +223,9 @@ def test_approximately_best_and_metrics_from_a_store(tmp_path):
     assert adamw.best_hparams == {"lr": 3}
     assert cell.metric_names == ["accuracy"]  # losses are not extra metrics
     assert adamw.metrics == {"accuracy": pytest.approx((0.75 + 0.5) / 2)}  # mean over the best configuration's seeds
+    [row] = ranking_rows(cell)
+    assert row["final accuracy"] == "0.6250" and list(row)[-1] == "final accuracy"
+    for i, loss in enumerate([2.0, 2.5]):  # no metrics recorded: the table has no metric column
+        _add_run(store, "plain", "sgd", 10, {"lr": i}, loss, trial=i)
+    [plain] = summarize_study(store, "plain")
+    assert plain.metric_names == [] and list(ranking_rows(plain)[0]) == list(row)[:-1]

@@ -41,12 +41,12 @@ def _print_rankings(scores, settings: dict) -> None:
     """The ranking table of each problem of ``scores`` (what the report shows), for the terminal."""
     from optarena.arena.report import ranking_rows
 
-    for cell in scores.cells:
-        rows = ranking_rows(cell)
-        table = Table(title=f"{cell.workload}/{cell.scale}: {settings.get('trials')} trials x "
-                            f"{settings.get('seeds')} seeds each, {cell.steps} steps")
+    for problem in scores.problems:
+        rows = ranking_rows(problem)
+        table = Table(title=f"{problem.workload}/{problem.scale}: {settings.get('trials')} trials x "
+                            f"{settings.get('seeds')} seeds each, {problem.steps} steps")
         # the terminal gets the scores; the budget is in the title, the rest in report.md / report.html
-        hidden = ("best hyperparameters", "tuning budget", f"steps to {cell.baseline} loss")
+        hidden = ("best hyperparameters", "tuning budget", f"steps to {problem.baseline} loss")
         columns = [c for c in (rows[0] if rows else {}) if c not in hidden]
         for col in columns:
             table.add_column(col, overflow="fold")

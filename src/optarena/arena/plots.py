@@ -32,9 +32,9 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(store: ResultStore, cell: ProblemSummary, path: Path) -> None:
+def plot_curves(store: ResultStore, problem: ProblemSummary, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s in cell.optimizers:
+    for s in problem.optimizers:
         curves = [store.curve(run_id) for run_id in s.best_run_ids]
         if not curves:
             continue
@@ -48,13 +48,13 @@ def plot_curves(store: ResultStore, cell: ProblemSummary, path: Path) -> None:
         if len(series) > 1:
             ax.fill_between(steps, [min(c) for c in cols], [max(c) for c in cols], alpha=0.2,
                             color=line.get_color())
-    if cell.target is not None:
-        ax.axhline(cell.target, color="gray", ls=":", lw=1, label=f"{cell.baseline} final loss")
+    if problem.target is not None:
+        ax.axhline(problem.target, color="gray", ls=":", lw=1, label=f"{problem.baseline} final loss")
     ax.set_xlabel("step")
     ax.set_ylabel("eval loss")
-    ax.set_title(f"{cell.workload}/{cell.scale}, {cell.steps} steps: best configuration per optimizer\n"
+    ax.set_title(f"{problem.workload}/{problem.scale}, {problem.steps} steps: best configuration per optimizer\n"
                  "(line: mean over seeds; band: min–max over seeds)", fontsize=10)
-    finite = [v for s in cell.optimizers for v in s.final_losses]
+    finite = [v for s in problem.optimizers for v in s.final_losses]
     if finite:
         lo, hi = min(finite), max(finite)
         ax.set_ylim(lo - 0.1 * (hi - lo + 1e-3) - 0.02 * abs(lo), None)
@@ -63,12 +63,12 @@ def plot_curves(store: ResultStore, cell: ProblemSummary, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_lr(cell: ProblemSummary, path: Path) -> None:
+def plot_lr(problem: ProblemSummary, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    finite = [t.final_eval_loss for s in cell.optimizers for t in s.trials if t.final_eval_loss is not None
+    finite = [t.final_eval_loss for s in problem.optimizers for t in s.trials if t.final_eval_loss is not None
               and t.status == "ok"]
     ceiling = max(finite) * 1.05 if finite else 1.0
-    for s in cell.optimizers:
+    for s in problem.optimizers:
         ok = sorted((t.hparams["lr"], t.final_eval_loss) for t in s.trials
                     if t.status == "ok" and t.final_eval_loss is not None and "lr" in t.hparams)
         bad = [t.hparams["lr"] for t in s.trials if t.status != "ok" and "lr" in t.hparams]
@@ -79,7 +79,8 @@ def plot_lr(cell: ProblemSummary, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (tuned trials; x = diverged or failed)")
     ax.set_ylabel("final eval loss")
-    ax.set_title(f"{cell.workload}/{cell.scale}, {cell.steps} steps: final loss against learning rate", fontsize=10)
+    ax.set_title(f"{problem.workload}/{problem.scale}, {problem.steps} steps: final loss against learning rate",
+                 fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     _save(fig, path)
@@ -106,13 +107,13 @@ def plot_profiles(scores: StudyScores, path: Path) -> None:
 
 
 def plot_budget(scores: StudyScores, data: DataEquivalentSpeedup, path: Path) -> None:
-    cells = sorted((c for c in scores.cells if (c.workload, c.scale) == (data.workload, data.scale)),
+    problems = sorted((c for c in scores.problems if (c.workload, c.scale) == (data.workload, data.scale)),
                    key=lambda c: c.steps)
-    names = sorted({s.optimizer for c in cells for s in c.optimizers})
+    names = sorted({s.optimizer for c in problems for s in c.optimizers})
     colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name in names:
-        points = [(c.steps, c.get(name)) for c in cells if c.get(name) is not None and c.get(name).final_losses]
+        points = [(c.steps, c.get(name)) for c in problems if c.get(name) is not None and c.get(name).final_losses]
         if not points:
             continue
         xs = [b for b, _ in points]
@@ -132,7 +133,7 @@ def plot_budget(scores: StudyScores, data: DataEquivalentSpeedup, path: Path) ->
         dense = np.geomspace(min(data.budgets), max(data.budgets) * 1.5, 100)
         left.plot(dense, [data.fit.loss(d / data.unit) for d in dense], "--", color="gray", lw=1,
                   label=f"{data.baseline} fit α·D^−B + β (B = {data.fit.exponent:.2f}, β = {data.fit.beta:.3g})")
-    ticks = sorted({c.steps for c in cells})
+    ticks = sorted({c.steps for c in problems})
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -162,7 +163,7 @@ def scale_order(workload: str, seen: list[str]) -> list[str]:
 
 def plot_scale(scores: StudyScores, workload: str, scales: list[str], path: Path) -> None:
     largest = {}
-    for c in scores.cells:
+    for c in scores.problems:
         if c.workload == workload and (c.scale not in largest or c.steps > largest[c.scale].steps):
             largest[c.scale] = c
     data = {(d.workload, d.scale): d for d in scores.data_speedups}

@@ -48,10 +48,10 @@ def _budget(runs: int, steps: int) -> str:
     return f"{_count(runs, 'run')} / {steps:,} steps"
 
 
-def ranking_rows(cell: ProblemSummary) -> list[dict[str, str]]:
-    """The ranking table of one cell as strings, best first (shared by the CLI and the reports)."""
+def ranking_rows(problem: ProblemSummary) -> list[dict[str, str]]:
+    """The ranking table of one problem as strings, best first (shared by the CLI and the reports)."""
     rows = []
-    for rank, s in enumerate(cell.optimizers, start=1):
+    for rank, s in enumerate(problem.optimizers, start=1):
         finite = bool(s.final_losses)
         speedup = _fmt(s.speedup, ".2f") + "x" if s.speedup is not None else ("not reached" if finite else "—")
         rows.append({
@@ -59,8 +59,8 @@ def ranking_rows(cell: ProblemSummary) -> list[dict[str, str]]:
             "optimizer": s.optimizer,
             "final eval loss": f"{s.mean:.4f} ± {s.ci95:.4f}" if finite else "no finished trial",
             "seeds": str(len(s.final_losses)),
-            f"steps to {cell.baseline} loss": _fmt(s.steps_to_target, ".0f"),
-            f"speedup vs {cell.baseline}": speedup,
+            f"steps to {problem.baseline} loss": _fmt(s.steps_to_target, ".0f"),
+            f"speedup vs {problem.baseline}": speedup,
             "LR sensitivity": _fmt(s.lr_sensitivity),
             "trials ok/div/fail": f"{len(s.trials) - s.n_diverged - s.n_failed}/{s.n_diverged}/{s.n_failed}",
             "tuning budget": f"{_count(len(s.trials), 'trial')} + {_count(s.seed_runs, 'seed run')} = "
@@ -68,7 +68,7 @@ def ranking_rows(cell: ProblemSummary) -> list[dict[str, str]]:
             "ms/step": _fmt(1000 * s.mean_time_per_step if s.mean_time_per_step else None, ".1f"),
             "best hyperparameters": format_hparams(s.best_hparams),
         })
-        for name in cell.metric_names:  # accuracy, ...: mean over the best configuration's seeds
+        for name in problem.metric_names:  # accuracy, ...: mean over the best configuration's seeds
             rows[-1][f"final {name}"] = _fmt(s.metrics.get(name))
     return rows
 
@@ -77,14 +77,14 @@ def ranking_rows(cell: ProblemSummary) -> list[dict[str, str]]:
 # -- the documents ---------------------------------------------------------------------------------
 
 def _settings_line(settings: dict[str, Any]) -> str:
-    """The study's settings that fit on a line (per-cell records, dicts, stay in the database)."""
+    """The study's settings that fit on a line (per-problem records, dicts, stay in the database)."""
     shown = {k: v for k, v in sorted(settings.items()) if v is not None and not isinstance(v, dict)}
     return "Settings: " + ", ".join(f"`{k}={v}`" for k, v in shown.items()) + "." if shown else ""
 
 
-def _details_rows(cell: ProblemSummary) -> list[dict[str, str]]:
+def _details_rows(problem: ProblemSummary) -> list[dict[str, str]]:
     rows = []
-    for s in cell.optimizers:
+    for s in problem.optimizers:
         rows.append({
             "optimizer": s.optimizer,
             "l0 (step-0 eval loss)": _fmt(s.initial_loss),
@@ -109,7 +109,7 @@ def _study_rows(scores: StudyScores) -> list[dict[str, str]]:
             f"benchmark score B (r_max = {p.r_max:g})": f"{p.scores[name]:.3f}",
             f"geometric-mean speedup vs {scores.baseline}": _speed(p.geomean_speedup.get(name)),
             "problems solved within r_max": f"{p.solved(name)}/{len(p.problems)}",
-            "tuning budget (all cells)": _budget(runs, steps),
+            "tuning budget (all problems)": _budget(runs, steps),
         })
     return rows
 
@@ -134,11 +134,11 @@ def _problem_rows(scores: StudyScores) -> list[dict[str, str]]:
 
 
 def _data_rows(scores: StudyScores, data: DataEquivalentSpeedup) -> list[dict[str, str]]:
-    cells = {c.steps: c for c in scores.cells if (c.workload, c.scale) == (data.workload, data.scale)}
+    problems = {c.steps: c for c in scores.problems if (c.workload, c.scale) == (data.workload, data.scale)}
     rows = []
     for name in sorted(data.losses):
         row = {"optimizer": name}
-        for b in sorted(cells):
+        for b in sorted(problems):
             loss = data.losses[name].get(b)
             v = data.speedups.get(name, {}).get(b)
             text = "—" if loss is None else f"{loss:.4f}"
@@ -150,14 +150,14 @@ def _data_rows(scores: StudyScores, data: DataEquivalentSpeedup) -> list[dict[st
                 text += f" → {v:.2f}x" if v >= 0.1 else f" → {v:.2g}x"
                 text += " (extrapolated)" if outside else ""
             row[f"{b} steps: loss → D_eff/D"] = text
-        summaries = [c.get(name) for c in cells.values() if c.get(name) is not None]
+        summaries = [c.get(name) for c in problems.values() if c.get(name) is not None]
         row["tuning budget"] = _budget(sum(s.budget_runs for s in summaries), sum(s.budget_steps for s in summaries))
         rows.append(row)
     return rows
 
 
-def _tag(cell: ProblemSummary, several_budgets: bool) -> str:
-    return f"{cell.workload}_{cell.scale}" + (f"_{cell.steps}" if several_budgets else "")
+def _tag(problem: ProblemSummary, several_budgets: bool) -> str:
+    return f"{problem.workload}_{problem.scale}" + (f"_{problem.steps}" if several_budgets else "")
 
 
 def _blocks(store: ResultStore, scores: StudyScores, study_config: dict[str, Any], plots: Path) -> list[Block]:
@@ -174,14 +174,14 @@ def _blocks(store: ResultStore, scores: StudyScores, study_config: dict[str, Any
         Block("p", _settings_line(cfg)),
     ]
     budgets: dict[tuple[str, str], int] = {}
-    for c in scores.cells:
+    for c in scores.problems:
         budgets[(c.workload, c.scale)] = budgets.get((c.workload, c.scale), 0) + 1
 
     # across the study
     p = scores.profile
     blocks += [
         Block("h2", "Scores across problems"),
-        Block("p", f"Each cell (workload, scale, budget) is a problem. Time = steps the best configuration needs "
+        Block("p", f"Each (workload, scale, budget) is a problem. Time = steps the best configuration needs "
                     f"to reach the problem's target (median over seeds); ratio = time / the fewest steps any optimizer "
                     f"needed; ratios above r_max = {p.r_max:g} count as never. B is the area under the performance "
                     f"profile ρ(τ) on [1, r_max] divided by r_max − 1 (1 = fastest everywhere). Problems of one "
@@ -226,7 +226,7 @@ def _blocks(store: ResultStore, scores: StudyScores, study_config: dict[str, Any
                                  src=f"plots/{name}"))
 
     scales_of: dict[str, list[str]] = {}
-    for c in scores.cells:
+    for c in scores.problems:
         if c.scale not in scales_of.setdefault(c.workload, []):
             scales_of[c.workload].append(c.scale)
     several = {w: s for w, s in scales_of.items() if len(s) >= 2}
@@ -237,20 +237,20 @@ def _blocks(store: ResultStore, scores: StudyScores, study_config: dict[str, Any
             plot_scale(scores, workload, scale_order(workload, scales), plots / name)
             blocks.append(Block("img", f"{workload}: speedup against scale", src=f"plots/{name}"))
 
-    # per cell
-    for cell in scores.cells:
-        tag = _tag(cell, budgets[(cell.workload, cell.scale)] > 1)
-        plot_curves(store, cell, plots / f"curves_{tag}.png")
-        plot_lr(cell, plots / f"lr_{tag}.png")
+    # per problem
+    for problem in scores.problems:
+        tag = _tag(problem, budgets[(problem.workload, problem.scale)] > 1)
+        plot_curves(store, problem, plots / f"curves_{tag}.png")
+        plot_lr(problem, plots / f"lr_{tag}.png")
         blocks += [
-            Block("h2", f"{cell.workload} / {cell.scale} ({cell.steps} steps)"),
-            Block("table", rows=ranking_rows(cell)),
-            Block("p", f"Speedup = {cell.baseline}'s budget / steps the optimizer's best configuration needs to reach "
-                        f"{cell.baseline}'s final loss ({_fmt(cell.target)}); 'not reached' means it never did within "
-                        f"the budget. LR sensitivity (Wortsman et al., arXiv:2309.14322) = mean over the trials' "
+            Block("h2", f"{problem.workload} / {problem.scale} ({problem.steps} steps)"),
+            Block("table", rows=ranking_rows(problem)),
+            Block("p", f"Speedup = {problem.baseline}'s budget / steps the optimizer's best configuration needs to "
+                        f"reach {problem.baseline}'s final loss ({_fmt(problem.target)}); 'not reached' means it never "
+                        f"did within the budget. LR sensitivity (Wortsman et al., arXiv:2309.14322) = mean over the trials' "
                         f"learning rates of min(final loss, l0) − best loss; diverged runs count as l0; lower is "
                         f"more robust."),
-            Block("table", rows=_details_rows(cell)),
+            Block("table", rows=_details_rows(problem)),
             Block("img", "loss curves", src=f"plots/curves_{tag}.png"),
             Block("img", "final loss against learning rate", src=f"plots/lr_{tag}.png"),
         ]

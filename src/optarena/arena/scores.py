@@ -165,7 +165,7 @@ def geometric_mean_speedup(times: Mapping[str, Sequence[float]], baseline: str, 
 
 @dataclass
 class Problem:
-    """One cell as a problem of the performance profile."""
+    """One (workload, scale, steps) as a problem of the performance profile."""
 
     workload: str
     scale: str
@@ -212,7 +212,7 @@ def _workload_target(workload: str, scale: str, steps: int) -> float | None:
 
 def profile_scores(cells: Sequence[ProblemSummary], read: CurveReader, baseline: str = "adamw",
                    r_max: float = R_MAX) -> ProfileScores:
-    """Time each optimizer to each cell's target and score the study as AlgoPerf does (see module doc)."""
+    """Time each optimizer to each problem's target and score the study as AlgoPerf does (see module doc)."""
     names = sorted({s.optimizer for c in cells for s in c.optimizers})
     budgets_per = {}
     for c in cells:
@@ -264,13 +264,13 @@ class StudyScores:
     study: str
     baseline: str
     settings: dict[str, Any]
-    cells: list[ProblemSummary]
+    problems: list[ProblemSummary]
     profile: ProfileScores
     data_speedups: list[DataEquivalentSpeedup]
 
     def budget(self, optimizer: str) -> tuple[int, int]:
         """(runs, allotted steps) this optimizer was given over the whole study."""
-        summaries = [s for c in self.cells for s in c.optimizers if s.optimizer == optimizer]
+        summaries = [s for c in self.problems for s in c.optimizers if s.optimizer == optimizer]
         return sum(s.budget_runs for s in summaries), sum(s.budget_steps for s in summaries)
 
 

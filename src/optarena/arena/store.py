@@ -27,7 +27,10 @@ from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 
-__all__ = ["Cell", "CurvePoint", "ResultStore", "RunRecord", "default_storage_url", "normalize_storage_url", "open_store", "storage_url"]
+__all__ = [
+    "Cell", "CurvePoint", "ResultStore", "RunRecord", "default_storage_url", "normalize_storage_url", "open_store",
+    "storage_url",
+]
 
 _metadata = sa.MetaData()
 

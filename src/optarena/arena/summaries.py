@@ -96,12 +96,12 @@ class OptimizerSummary:
 
     @property
     def budget_runs(self) -> int:
-        """Runs this optimizer was given in the cell: tuning trials plus seed reruns."""
+        """Runs this optimizer was given on the problem (its cell): tuning trials plus seed reruns."""
         return len(self.trials) + self.seed_runs
 
     @property
     def budget_steps(self) -> int:
-        """Training steps allotted to this optimizer in the cell (runs x steps; diverged runs stop early)."""
+        """Training steps allotted to this optimizer on the problem (runs x steps; diverged runs stop early)."""
         return self.budget_runs * self.steps_per_run
 
     @property

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from optarena.arena.report import ranking_rows
+from optarena.arena.report import ranking_rows, write_report
 from optarena.arena.scores import (
     benchmark_score,
     final_losses,
@@ -229,3 +229,27 @@ def test_approximately_best_and_metrics_from_a_store(tmp_path):
         _add_run(store, "plain", "sgd", 10, {"lr": i}, loss, trial=i)
     [plain] = summarize_study(store, "plain")
     assert plain.metric_names == [] and list(ranking_rows(plain)[0]) == list(row)[:-1]
+
+
+def test_report_shows_divergence_steps_failures_and_times(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    _add_run(store, "s", "adamw", 10, {"lr": 1e-3}, 2.0, trial=0)
+    diverged = store.start_run("d", config={"workload": "quadratic", "scale": "default", "optimizer": "adamw",
+                                            "seed": 0, "steps": 10, "hparams": {"lr": 1.0}})
+    store.finish_run(diverged, status="diverged", diverged_step=4)
+    store.link("s", diverged, role="trial", trial=1)
+    failed = store.start_run("f", config={"workload": "quadratic", "scale": "default", "optimizer": "adamw",
+                                          "seed": 0, "steps": 10, "hparams": {"lr": 7.0}})
+    store.finish_run(failed, status="failed", error="ValueError: lr=7.0 is too large\nTraceback ...")
+    store.link("s", failed, role="trial", trial=2)
+    store.save_study("s", {"trials": 3, "seeds": 1})
+    scores = write_report(store, "s", tmp_path / "out", {"trials": 3, "seeds": 1})
+    [problem] = scores.problems
+    assert [t.diverged_step for t in problem.get("adamw").trials] == [None, 4, None]
+    report = (tmp_path / "out" / "report.md").read_text()
+    lines = report.splitlines()
+    header = next(i for i, line in enumerate(lines) if "diverged at step" in line)
+    columns = [c.strip() for c in lines[header].strip("|").split("|")]
+    row = [c.strip() for c in lines[header + 2].strip("|").split("|")]
+    assert row[0] == "adamw" and row[columns.index("diverged at step")] == "4"
+    assert "Failed: adamw with lr=7: `ValueError: lr=7.0 is too large`." in report

@@ -93,9 +93,19 @@ def _details_rows(problem: ProblemSummary) -> list[dict[str, str]]:
             f"approximately best (≤ {APPROX_BEST_TOLERANCE:g} from best)": str(len(s.approx_best)),
             "their configurations (final loss)": "; ".join(
                 f"{format_hparams(t.hparams)} ({t.final_eval_loss:.4f})" for t in s.approx_best) or "—",
+            "diverged at step": ", ".join(str(t.diverged_step) for t in s.trials if t.status == "diverged") or "—",
+            "final train loss": _fmt(s.final_train_loss),
+            "s/run (of it eval)": f"{_fmt(s.wall_time, '.1f')} ({_fmt(s.eval_time, '.1f')})",
             "tuning budget": f"{len(s.trials)} trials",
         })
     return rows
+
+
+def _failures(problem: ProblemSummary) -> list[str]:
+    """One line per failed trial (a harness or configuration error, not a divergence): what it ran, why it failed."""
+    return [f"Failed: {s.optimizer} with {format_hparams(t.hparams)}: "
+            f"`{(t.error or 'no error recorded').strip().splitlines()[0]}`."
+            for s in problem.optimizers for t in s.trials if t.status == "failed"]
 
 
 def _study_rows(scores: StudyScores) -> list[dict[str, str]]:
@@ -251,6 +261,7 @@ def _blocks(store: ResultStore, scores: StudyScores, study_config: dict[str, Any
                         f"learning rates of min(final loss, l0) − best loss; diverged runs count as l0; lower is "
                         f"more robust."),
             Block("table", rows=_details_rows(problem)),
+            *(Block("p", line) for line in _failures(problem)),
             Block("img", "loss curves", src=f"plots/curves_{tag}.png"),
             Block("img", "final loss against learning rate", src=f"plots/lr_{tag}.png"),
         ]

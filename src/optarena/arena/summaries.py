@@ -59,6 +59,8 @@ class TrialPoint:
     final_eval_loss: float | None
     run_id: int | None = None
     initial_eval_loss: float | None = None  # the eval loss at step 0 (l0 of the LR sensitivity)
+    diverged_step: int | None = None
+    error: str | None = None  # why a failed trial failed
 
 
 @dataclass
@@ -71,6 +73,9 @@ class OptimizerSummary:
     steps_to_target: float | None = None
     speedup: float | None = None
     mean_time_per_step: float | None = None  # seconds, forward+backward+optimizer, best runs
+    final_train_loss: float | None = None  # mean over the best runs
+    wall_time: float | None = None  # seconds per best run, mean (evaluation included)
+    eval_time: float | None = None  # seconds per best run spent evaluating, mean
     seed_runs: int = 0  # reruns of the best configuration on further seeds (beyond its trial)
     steps_per_run: int = 0
     lr_sensitivity: float | None = None
@@ -214,6 +219,11 @@ def extra_metrics(runs: Sequence[RunRecord]) -> dict[str, float]:
     return {name: statistics.fmean(v) for name, v in sorted(values.items())}
 
 
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
 def _loss(point: TrialPoint) -> float | None:
     return point.final_eval_loss if point.status == "ok" else None
 
@@ -221,8 +231,8 @@ def _loss(point: TrialPoint) -> float | None:
 def _summarize_optimizer(name: str, entries: list[tuple[str, int | None, RunRecord]], read: CurveReader
                          ) -> OptimizerSummary:
     trials = sorted((e for e in entries if e[0] == "trial"), key=lambda e: (e[1] if e[1] is not None else -1))
-    points = [TrialPoint(r.hparams, r.status, r.final_eval_loss, r.id, _initial_eval_loss(read(r.id)))
-              for _, _, r in trials]
+    points = [TrialPoint(r.hparams, r.status, r.final_eval_loss, r.id, _initial_eval_loss(read(r.id)),
+                         r.diverged_step, r.error) for _, _, r in trials]
     steps = max(r.steps for _, _, r in entries)
     losses = [_loss(p) for p in points]
     chosen = select_best(losses)
@@ -244,6 +254,8 @@ def _summarize_optimizer(name: str, entries: list[tuple[str, int | None, RunReco
             final_losses=[r.final_eval_loss for r in good], best_run_ids=[r.id for r in good],
             mean_time_per_step=statistics.fmean(step_times) if step_times else None,
             seed_runs=extra, steps_per_run=steps, metrics=extra_metrics(good),
+            final_train_loss=_mean([r.final_train_loss for r in good]), wall_time=_mean([r.wall_time for r in good]),
+            eval_time=_mean([r.time_eval for r in good]),
         )
     summary.lr_sensitivity, summary.lr_sensitivity_basis = lr_sensitivity_from_trials(points, summary.best_hparams)
     summary.approx_best = [points[i] for i in sorted(approximately_best(losses), key=lambda i: (losses[i], i))]

@@ -119,6 +119,7 @@ class CellTuner:
         self._linked: set[tuple[str, int | None, int]] = set()
         self._halton: list[dict[str, Any]] | None = None
         self._optuna: optuna.Study | None = None
+        self._in_optuna = False  # the trials of a replayed protocol are in the cell's Optuna study
         self._result: CellResult | None = None
 
     @property
@@ -235,8 +236,10 @@ class CellTuner:
             if pending:
                 return self._run_first_free(pending)
             trials = [(p.hparams, self._lookup(p)) for p in proposals]
-            if not self._recorded_in_optuna(trials):
-                return WAITING
+            if not self._in_optuna:
+                if not self._record_in_optuna(trials):
+                    return WAITING
+                self._in_optuna = True
         best = select_best([_loss(r) for _, r in trials])
         seed_runs: list[RunResult] = []
         if best is not None:
@@ -259,7 +262,7 @@ class CellTuner:
                 direction="minimize", load_if_exists=True))
         return self._optuna
 
-    def _recorded_in_optuna(self, trials: list[tuple[dict[str, Any], RunResult]]) -> bool:
+    def _record_in_optuna(self, trials: list[tuple[dict[str, Any], RunResult]]) -> bool:
         """Add the finished trials of a replayed protocol to the cell's Optuna study, once.
 
         The worker holding the study's claim writes them; others wait for it (False) and then

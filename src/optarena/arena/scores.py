@@ -188,10 +188,6 @@ class ProfileScores:
     geomean_speedup: dict[str, float]  # vs the baseline
     skipped: list[str] = field(default_factory=list)  # problems left out, with the reason
 
-    def rho(self, optimizer: str, tau: float) -> float:
-        return performance_profile({optimizer: self.ratios[optimizer]}, [tau],
-                                   [p.weight for p in self.problems])[optimizer][0]
-
     def solved(self, optimizer: str) -> int:
         """Problems where ``optimizer`` reached the target within ``r_max`` times the best."""
         return sum(math.isfinite(r) for r in self.ratios[optimizer])
@@ -210,15 +206,15 @@ def _workload_target(workload: str, scale: str, steps: int) -> float | None:
     return float(target) if target is not None and math.isfinite(target) else None
 
 
-def profile_scores(cells: Sequence[ProblemSummary], read: CurveReader, baseline: str = "adamw",
+def profile_scores(summaries: Sequence[ProblemSummary], read: CurveReader, baseline: str = "adamw",
                    r_max: float = R_MAX) -> ProfileScores:
     """Time each optimizer to each problem's target and score the study as AlgoPerf does (see module doc)."""
-    names = sorted({s.optimizer for c in cells for s in c.optimizers})
+    names = sorted({s.optimizer for c in summaries for s in c.optimizers})
     budgets_per = {}
-    for c in cells:
+    for c in summaries:
         budgets_per.setdefault((c.workload, c.scale), set()).add(c.steps)
     problems, skipped = [], []
-    for c in cells:
+    for c in summaries:
         target, source = _workload_target(c.workload, c.scale, c.steps), "workload"
         if target is None:
             target, source = c.target, "baseline"
@@ -246,10 +242,10 @@ def profile_scores(cells: Sequence[ProblemSummary], read: CurveReader, baseline:
     return ProfileScores(baseline, r_max, problems, ratios, scores, geomean, skipped)
 
 
-def final_losses(cells: Sequence[ProblemSummary]) -> dict[tuple[str, str], dict[str, dict[int, float]]]:
+def final_losses(summaries: Sequence[ProblemSummary]) -> dict[tuple[str, str], dict[str, dict[int, float]]]:
     """``[(workload, scale)][optimizer][steps]``: the mean final loss of each configuration tuned at each budget."""
     out: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
-    for c in cells:
+    for c in summaries:
         group = out.setdefault((c.workload, c.scale), {})
         for s in c.optimizers:
             if s.final_losses:
@@ -279,6 +275,6 @@ def score_study(store: ResultStore, study: str, baseline: str | None = None, *, 
     settings = dict(store.studies()).get(study, {})
     baseline = baseline or settings.get("baseline") or "adamw"
     read = cached_reader(store)
-    cells = summarize_study(store, study, baseline, read=read)
-    return StudyScores(study, baseline, settings, cells, profile_scores(cells, read, baseline, r_max),
-                       data_equivalent_speedups(final_losses(cells), baseline))
+    summaries = summarize_study(store, study, baseline, read=read)
+    return StudyScores(study, baseline, settings, summaries, profile_scores(summaries, read, baseline, r_max),
+                       data_equivalent_speedups(final_losses(summaries), baseline))

@@ -278,7 +278,7 @@ def _summarize(store: ResultStore, study: str, baseline: str, read: CurveReader)
         cell = run.cell
         order.setdefault(cell.problem[:2], len(order))
         by_problem.setdefault(cell.problem, {}).setdefault(cell.optimizer, []).append((role, trial, run))
-    cells = []
+    problems = []
     for (workload, scale, steps) in sorted(by_problem, key=lambda c: (order[c[:2]], c[2])):
         per_opt = by_problem[(workload, scale, steps)]
         summaries = [_summarize_optimizer(name, entries, read) for name, entries in per_opt.items()]
@@ -293,8 +293,8 @@ def _summarize(store: ResultStore, study: str, baseline: str, read: CurveReader)
                 if s.steps_to_target is not None:
                     s.speedup = steps / s.steps_to_target if s.steps_to_target > 0 else math.inf
         summaries.sort(key=lambda s: (s.mean, s.optimizer))
-        cells.append(ProblemSummary(workload, scale, baseline, steps, target, summaries))
-    return cells
+        problems.append(ProblemSummary(workload, scale, baseline, steps, target, summaries))
+    return problems
 
 
 def summarize_study(store: ResultStore, study: str, baseline: str = "adamw", *,

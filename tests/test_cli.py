@@ -52,6 +52,8 @@ def test_report_rerenders_from_the_database(smoke):
     result = runner.invoke(app, ["report", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "| adamw |" in (out / "report.md").read_text()
+    for name in ("adamw", "sgd", "muon", "lion"):  # the tables write_report computed, printed once
+        assert f"  {name}: " in result.output and "lr=" in result.output.split(f"  {name}: ", 1)[1]
 
 
 def test_run_trains_one_configuration(tmp_path):

@@ -154,7 +154,7 @@ def test_predict_command_on_a_store(tmp_path):
         config = {"workload": "lm", "scale": "tiny", "optimizer": "adamw", "seed": 0, "steps": steps,
                   "hparams": {"lr": base_lr}, "schedule": name, "schedule_options": options,
                   "warmup_fraction": warmup_fraction}
-        run_id = store.start_run(f"key{key}", cell="lm/tiny/adamw", config=config)
+        run_id = store.start_run(f"key{key}", config=config)
         multipliers = lrs(name, steps=steps, warmup=round(warmup_fraction * steps), **options)
         losses = noisy(predict_curve(TRUE, multipliers), key, level=0.001)
         points = [CurvePoint(0, 0, None, 4.0, base_lr * multipliers[0], None, 0.0)]

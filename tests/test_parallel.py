@@ -24,12 +24,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from optarena.arena.analysis import summarize_study
 from optarena.arena.report import ranking_rows
 from optarena.arena.runner import ArenaConfig, horizon_steps, run_arena
 from optarena.arena.store import ResultStore
 from optarena.arena.trainer import RunConfig
-from optarena.arena.tuning import Claims, claims_table, tune_cell
+from optarena.arena.claims import Claims, claims_table
+from optarena.arena.summaries import summarize_study
+from optarena.arena.tuner import tune_cell
 
 CLI = [sys.executable, "-c", "from optarena.cli import app; app()"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # same numerics as this process
@@ -148,7 +149,7 @@ def test_tables_can_be_created_by_many_workers_at_once(postgres_url):
 
     def start() -> None:
         try:
-            from optarena.arena.tuning import retry_on_race
+            from optarena.arena.claims import retry_on_race
 
             store = retry_on_race(lambda: ResultStore(postgres_url))
             Claims(store.engine)
@@ -334,9 +335,9 @@ def test_horizons_tune_each_budget_separately(tmp_path):
     assert horizon_steps(config, "quadratic", "default") == [10, 20, 40]
     assert config.study_settings()["horizons"] == [0.5, 1.0, 2.0]
     store, study, results = run_arena(config)
-    assert [r.steps for r in results] == [10, 20, 40]
+    assert [r.cell.steps for r in results] == [10, 20, 40]
     assert sorted(r.steps for _, _, r in store.study_runs(study)) == [10, 10, 20, 20, 40, 40]
-    assert {r.cell for r in results} == {"quadratic/default/sgd"}
+    assert [r.cell.label for r in results] == [f"quadratic/default/sgd@{s}" for s in (10, 20, 40)]
 
 
 def test_default_settings_keep_study_names_and_bad_values_are_named(tmp_path):

@@ -86,19 +86,9 @@ def quadratic_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("quadratic")
     settings = dict(workloads=["quadratic"], optimizers=["adamw", "sgd", "lion"], budget="smoke", trials=2,
                     seeds=2, out=out)
-    if "horizons" in ArenaConfig.model_fields:
-        config = ArenaConfig(**settings, steps=10, horizons=[1, 2, 4])
-        store, study, _ = run_arena(config)
-        study_config = config.study_settings()
-    else:  # an arena without horizons: three budgets as three studies, gathered into one
-        store, study, study_config = None, "three-budgets", None
-        for steps in (10, 20, 40):
-            config = ArenaConfig(**settings, steps=steps)
-            store, name, _ = run_arena(config)
-            study_config = study_config or {**config.study_settings(), "steps": None}
-            store.save_study(study, study_config)
-            for role, trial, run in store.study_runs(name):
-                store.link(study, run.id, role=role, trial=trial)
+    config = ArenaConfig(**settings, steps=10, horizons=[1, 2, 4])
+    store, study, _ = run_arena(config)
+    study_config = config.study_settings()
     write_report(store, study, out, study_config)
     return out
 
@@ -136,8 +126,7 @@ def _synthetic_study(out: Path) -> None:
 def _add(store, scale, optimizer, steps, lr, final, *, seed, role, trial):
     config = {"workload": "lm", "scale": scale, "optimizer": optimizer, "seed": seed, "steps": steps,
               "hparams": {"lr": lr}}
-    run_id = store.start_run(f"{scale}/{optimizer}/{steps}/{lr}/{seed}", cell=f"lm/{scale}/{optimizer}",
-                             config=config)
+    run_id = store.start_run(f"{scale}/{optimizer}/{steps}/{lr}/{seed}", config=config)
     end = final if final is not None else 9.0
     decay = [(math.exp(-4 * i / 8) - math.exp(-4)) / (1 - math.exp(-4)) for i in range(9)]  # 1 -> 0
     points = [CurvePoint(round(steps * i / 8), 0, None, end + (5.5 - end) * f, None, None, None)

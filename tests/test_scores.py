@@ -4,23 +4,25 @@ import math
 
 import pytest
 
-from optarena.arena.analysis import (
-    CellSummary,
-    OptimizerSummary,
-    TrialPoint,
-    approximately_best,
+from optarena.arena.report import ranking_rows, write_report
+from optarena.arena.scores import (
     benchmark_score,
-    data_equivalent_speedups,
-    fit_data_scaling,
+    final_losses,
     geometric_mean_speedup,
-    lr_sensitivity_from_trials,
     performance_profile,
     performance_ratios,
     score_study,
+)
+from optarena.arena.summaries import (
+    OptimizerSummary,
+    ProblemSummary,
+    TrialPoint,
+    lr_sensitivity_from_trials,
     summarize_study,
 )
 from optarena.arena.store import CurvePoint, ResultStore
 from optarena.arena.workloads import get_workload
+from optarena.scaling.data_scaling import data_equivalent_speedups, fit_data_scaling
 
 INF = math.inf
 
@@ -111,12 +113,12 @@ def _summary(name, losses, steps=100):
 
 def test_data_equivalent_speedups_per_workload_and_scale():
     adamw = [3.5291, 3.4078, 3.3217, 3.2606]
-    cells = [CellSummary("lm", "tiny", "adamw", 100 * 2**i, None, [_summary("adamw", [loss])])
+    cells = [ProblemSummary("lm", "tiny", "adamw", 100 * 2**i, None, [_summary("adamw", [loss])])
              for i, loss in enumerate(adamw)]
     cells[-1].optimizers.append(_summary("muon", [3.2373, 3.2373]))
-    cells.append(CellSummary("lm", "small", "adamw", 100, None, [_summary("adamw", [3.3]),
+    cells.append(ProblemSummary("lm", "small", "adamw", 100, None, [_summary("adamw", [3.3]),
                                                                  _summary("muon", [3.2])]))
-    tiny, small = data_equivalent_speedups(cells)
+    tiny, small = data_equivalent_speedups(final_losses(cells))
     assert (tiny.workload, tiny.scale, tiny.budgets, tiny.unit) == ("lm", "tiny", [100, 200, 400, 800], 100)
     assert tiny.reason is None and tiny.fit.exponent == pytest.approx(0.495, abs=1e-3)
     assert tiny.speedups["muon"] == {800: pytest.approx(1.41, abs=0.005)}
@@ -149,27 +151,20 @@ def test_lr_sensitivity_on_a_hand_made_sweep():
     assert lr_sensitivity_from_trials([TrialPoint({"lr": 1e-3}, "ok", 3.0)] * 2)[0] is None  # no l0 stored
 
 
-def test_approximately_best_within_3e_3():
-    trials = [TrialPoint({"lr": i}, "ok", loss) for i, loss in enumerate([3.2000, 3.2029, 3.2031, 3.1999])]
-    trials.append(TrialPoint({"lr": 9}, "diverged", None))
-    assert [t.hparams["lr"] for t in approximately_best(trials)] == [3, 0, 1]
-    assert approximately_best([TrialPoint({}, "diverged", None)]) == []
-
-
 # -- the same scores read from a store ------------------------------------------------------------
 
 def _add_run(store, study, optimizer, steps, hparams, final, *, role="trial", trial=0, seed=0, l0=5.0,
-             workload="quadratic", scale="default"):
+             workload="quadratic", scale="default", metrics=None):
     config = {"workload": workload, "scale": scale, "optimizer": optimizer, "seed": seed, "steps": steps,
               "hparams": hparams}
     key = f"{workload}/{scale}/{optimizer}/{steps}/{sorted(hparams.items())}/{seed}"
-    run_id = store.start_run(key, cell=f"{workload}/{scale}/{optimizer}", config=config)
+    run_id = store.start_run(key, config=config)
     status = "ok" if final is not None else "diverged"
     # a straight line from l0 at step 0 to the final loss at `steps`, evaluated at 0, steps/2, steps
     losses = [l0, (l0 + final) / 2, final] if final is not None else [l0, 50.0]
     points = [CurvePoint(round(i * steps / 2), 0, None, loss, None, None, None) for i, loss in enumerate(losses)]
     store.add_curve(run_id, points)
-    store.finish_run(run_id, status=status, final_eval_loss=final)
+    store.finish_run(run_id, status=status, final_eval_loss=final, metrics=metrics)
     store.link(study, run_id, role=role, trial=trial if role == "trial" else None)
     return run_id
 
@@ -215,3 +210,47 @@ def test_summaries_and_profile_from_a_store(tmp_path, monkeypatch):
     assert [(p.target, p.target_source) for p in problems] == [(3.0, "baseline"), (2.75, "workload")]
     # on 200 steps: adamw 5 -> 3.75 (100) -> 2.5 (200) reaches 2.75 at 100 + 100 * 1/1.25 = 180 steps
     assert problems[1].times["adamw"] == pytest.approx(180.0)
+
+
+def test_approximately_best_and_metrics_from_a_store(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    for i, loss in enumerate([3.2000, 3.2029, 3.2031, 3.1999]):
+        _add_run(store, "s", "adamw", 10, {"lr": i}, loss, trial=i, metrics={"accuracy": 0.25 * i, "loss": loss})
+    _add_run(store, "s", "adamw", 10, {"lr": 9}, None, trial=4)
+    _add_run(store, "s", "adamw", 10, {"lr": 3}, 3.3, role="seed", seed=1, metrics={"accuracy": 0.5})
+    [cell] = summarize_study(store, "s")
+    adamw = cell.get("adamw")
+    assert [t.hparams["lr"] for t in adamw.approx_best] == [3, 0, 1]  # within 3e-3 of the best, best first
+    assert adamw.best_hparams == {"lr": 3}
+    assert cell.metric_names == ["accuracy"]  # losses are not extra metrics
+    assert adamw.metrics == {"accuracy": pytest.approx((0.75 + 0.5) / 2)}  # mean over the best configuration's seeds
+    [row] = ranking_rows(cell)
+    assert row["final accuracy"] == "0.6250" and list(row)[-1] == "final accuracy"
+    for i, loss in enumerate([2.0, 2.5]):  # no metrics recorded: the table has no metric column
+        _add_run(store, "plain", "sgd", 10, {"lr": i}, loss, trial=i)
+    [plain] = summarize_study(store, "plain")
+    assert plain.metric_names == [] and list(ranking_rows(plain)[0]) == list(row)[:-1]
+
+
+def test_report_shows_divergence_steps_failures_and_times(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    _add_run(store, "s", "adamw", 10, {"lr": 1e-3}, 2.0, trial=0)
+    diverged = store.start_run("d", config={"workload": "quadratic", "scale": "default", "optimizer": "adamw",
+                                            "seed": 0, "steps": 10, "hparams": {"lr": 1.0}})
+    store.finish_run(diverged, status="diverged", diverged_step=4)
+    store.link("s", diverged, role="trial", trial=1)
+    failed = store.start_run("f", config={"workload": "quadratic", "scale": "default", "optimizer": "adamw",
+                                          "seed": 0, "steps": 10, "hparams": {"lr": 7.0}})
+    store.finish_run(failed, status="failed", error="ValueError: lr=7.0 is too large\nTraceback ...")
+    store.link("s", failed, role="trial", trial=2)
+    store.save_study("s", {"trials": 3, "seeds": 1})
+    scores = write_report(store, "s", tmp_path / "out", {"trials": 3, "seeds": 1})
+    [problem] = scores.problems
+    assert [t.diverged_step for t in problem.get("adamw").trials] == [None, 4, None]
+    report = (tmp_path / "out" / "report.md").read_text()
+    lines = report.splitlines()
+    header = next(i for i, line in enumerate(lines) if "diverged at step" in line)
+    columns = [c.strip() for c in lines[header].strip("|").split("|")]
+    row = [c.strip() for c in lines[header + 2].strip("|").split("|")]
+    assert row[0] == "adamw" and row[columns.index("diverged at step")] == "4"
+    assert "Failed: adamw with lr=7: `ValueError: lr=7.0 is too large`." in report

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from optarena.arena.store import CurvePoint, ResultStore
+from optarena.arena.store import Cell, CurvePoint, ResultStore, normalize_storage_url, storage_url
 
 
 def _config(seed: int = 0) -> dict:
@@ -18,8 +18,9 @@ def store(tmp_path):
 
 
 def test_run_lifecycle_and_curve(store):
-    run_id = store.start_run("k1", cell="quadratic/default/adamw", config=_config())
+    run_id = store.start_run("k1", config=_config())
     assert store.get_run("k1").status == "running" and not store.get_run("k1").finished
+    assert store.finished_run("k1") is None  # running: nothing to read back yet
     store.add_curve(run_id, [CurvePoint(0, 0, None, 2.0, 0.1, None, 0.0),
                              CurvePoint(1, 128, 1.9, None, 0.1, 3.0, 0.1),
                              CurvePoint(2, 256, math.nan, math.inf, 0.1, 2.0, 0.2)])
@@ -36,14 +37,14 @@ def test_run_lifecycle_and_curve(store):
 
 
 def test_restarting_a_key_resets_the_run(store):
-    first = store.start_run("k", cell="c", config=_config())
+    first = store.start_run("k", config=_config())
     store.add_curve(first, [CurvePoint(1, 1, 1.0, None, 0.1, 1.0, 0.0)])
-    second = store.start_run("k", cell="c", config=_config())
+    second = store.start_run("k", config=_config())
     assert first == second and store.curve(second) == [] and store.get_run("k").status == "running"
 
 
 def test_studies_link_runs_once(store):
-    run_id = store.start_run("k", cell="c", config=_config())
+    run_id = store.start_run("k", config=_config())
     store.save_study("s", {"trials": 2})
     store.link("s", run_id, role="trial", trial=0)
     store.link("s", run_id, role="trial", trial=0)
@@ -59,15 +60,18 @@ def test_bad_inputs_are_named(store, tmp_path):
         ResultStore("nonsense")
 
 
-def test_an_older_database_gains_new_nullable_columns(tmp_path):
-    import sqlalchemy as sa
+def test_finished_runs_are_read_back_with_their_cell_and_metrics(store):
+    run_id = store.start_run("k", config=_config())
+    store.finish_run(run_id, status="diverged", diverged_step=2, metrics={"accuracy": 0.5, "bad": math.nan})
+    record = store.finished_run("k")
+    assert record is not None and record.id == run_id and record.diverged_step == 2
+    assert record.metrics == {"accuracy": 0.5, "bad": None}
+    assert record.cell == Cell("quadratic", "default", 3, "adamw")
+    assert record.cell.label == "quadratic/default/adamw@3" and record.cell.problem == ("quadratic", "default", 3)
+    assert store.finished_run("unknown") is None
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    ResultStore(url)
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE optarena_curve DROP COLUMN logit_rms"))
-    store = ResultStore(url)
-    run_id = store.start_run("k", cell="c", config=_config())
-    store.add_curve(run_id, [CurvePoint(1, 1, 1.0, None, 0.1, 1.0, 0.0, 3.0, 2.0)])
-    assert store.curve(run_id)[0].logit_rms == 2.0
+
+def test_storage_urls_are_resolved_in_one_place(tmp_path):
+    assert storage_url(None, tmp_path) == f"sqlite:///{tmp_path.resolve() / 'results.db'}"
+    assert storage_url("sqlite:///x.db", tmp_path) == "sqlite:///x.db"
+    assert normalize_storage_url("postgresql://u@h/db") in ("postgresql://u@h/db", "postgresql+psycopg://u@h/db")

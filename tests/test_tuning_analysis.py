@@ -4,10 +4,11 @@ import math
 
 import pytest
 
-from optarena.arena.analysis import confidence_interval, steps_to_target, summarize_study
 from optarena.arena.store import CurvePoint, ResultStore
 from optarena.arena.trainer import RunConfig
-from optarena.arena.tuning import halton_trials, tune_cell
+from optarena.arena.search import halton_trials
+from optarena.arena.summaries import confidence_interval, steps_to_target, summarize_study
+from optarena.arena.tuner import tune_cell
 from optarena.optim import Categorical, FloatRange
 
 
@@ -57,3 +58,29 @@ def test_tune_cell_reuses_finished_trials_and_ranks(tmp_path, protocol):
     assert cell.target == pytest.approx(by_name["adamw"].mean)
     assert by_name["adamw"].speedup == 1.0 and len(by_name["adamw"].final_losses) == 2
     assert cell.optimizers[0].mean <= cell.optimizers[1].mean  # ranked, best first
+
+
+def test_every_cell_is_an_optuna_study_that_optuna_lists_and_loads(tmp_path):
+    import json
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store = ResultStore(url)
+    base = RunConfig(workload="quadratic", scale="default", optimizer="sgd", steps=20, eval_every=10)
+    results = {p: tune_cell(base, store, study=p, n_trials=3, seeds=1, protocol=p)
+               for p in ("random", "coordinate", "tpe")}
+    tune_cell(base, store, study="random", n_trials=3, seeds=1, protocol="random")  # a rerun adds no trial twice
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(url)}
+    assert len(summaries) == 3
+    for protocol, result in results.items():
+        [name] = [n for n in summaries if f"/{result.cell.label}/{protocol}/" in n]
+        assert summaries[name].n_trials == 3
+        trials = optuna.load_study(study_name=name, storage=url).get_trials()
+        runs = {r.id: r for _, _, r in store.study_runs(protocol)}
+        assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        for t, (hparams, run) in zip(sorted(trials, key=lambda t: t.number), result.trials):
+            assert set(t.params) == set(hparams) == {"lr", "weight_decay"}
+            assert t.params == pytest.approx(hparams, rel=1e-5) and t.value == run.final_eval_loss
+            if protocol != "tpe":  # replayed protocols record the run each trial read back
+                assert runs[t.user_attrs["run_id"]].hparams == json.loads(t.user_attrs["hparams"]) == hparams

@@ -55,16 +55,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _print_rankings(store, study: str, settings: dict) -> None:
-    from optarena.arena.analysis import summarize_study
+def _print_rankings(scores, settings: dict) -> None:
+    """The ranking table of each problem of ``scores`` (what the report shows), for the terminal."""
     from optarena.arena.report import ranking_rows
 
-    for cell in summarize_study(store, study, baseline=settings.get("baseline", "adamw")):
-        rows = ranking_rows(cell)
-        table = Table(title=f"{cell.workload}/{cell.scale}: {settings.get('trials')} trials x "
-                            f"{settings.get('seeds')} seeds each, {cell.steps} steps")
+    for problem in scores.problems:
+        rows = ranking_rows(problem)
+        table = Table(title=f"{problem.workload}/{problem.scale}: {settings.get('trials')} trials x "
+                            f"{settings.get('seeds')} seeds each, {problem.steps} steps")
         # the terminal gets the scores; the budget is in the title, the rest in report.md / report.html
-        hidden = ("best hyperparameters", "tuning budget", f"steps to {cell.baseline} loss")
+        hidden = ("best hyperparameters", "tuning budget", f"steps to {problem.baseline} loss")
         columns = [c for c in (rows[0] if rows else {}) if c not in hidden]
         for col in columns:
             table.add_column(col, overflow="fold")
@@ -100,7 +100,7 @@ def arena(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from optarena.arena.report import write_report
-    from optarena.arena.runner import ArenaConfig, cells_of, run_arena
+    from optarena.arena.runner import ArenaConfig, workload_scales, run_arena
 
     try:
         try:
@@ -115,7 +115,7 @@ def arena(
     except (ValidationError, ValueError) as err:
         _fail(str(err))
     settings = config.study_settings()
-    runs_total = (len(cells_of(config)) * len(config.horizons) * len(config.optimizers)
+    runs_total = (len(workload_scales(config)) * len(config.horizons) * len(config.optimizers)
                   * (settings["trials"] + settings["seeds"] - 1))
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -123,19 +123,19 @@ def arena(
         bar = progress.add_task("runs", total=runs_total)
         steps_bar = progress.add_task("  steps of current run", total=1)
 
-        def on_run(cell: str, label: str, result) -> None:
+        def on_run(cell, label: str, result) -> None:
             note = "reused" if result.reused else result.status
             loss = f"{result.final_eval_loss:.4f}" if result.final_eval_loss is not None else "—"
-            progress.console.print(f"{cell} {label}: {note}, final eval loss {loss}")
+            progress.console.print(f"{cell.label} {label}: {note}, final eval loss {loss}")
             progress.advance(bar)
 
         def on_step(done: int, total: int) -> None:
             progress.update(steps_bar, completed=done, total=total)
 
         store, study, _ = run_arena(config, on_run=on_run, on_step=on_step)
-    report = write_report(store, study, config.out, settings)
-    _print_rankings(store, study, settings)
-    console.print(f"report: {report} (and report.html)  database: {config.storage_url()}  "
+    scores = write_report(store, study, config.out, settings)
+    _print_rankings(scores, settings)
+    console.print(f"report: {config.out / 'report.md'} (and report.html)  database: {config.storage_url()}  "
                   f"wall time: {time.perf_counter() - started:.0f} s")
 
 
@@ -154,7 +154,7 @@ def run(
     """Train one configuration and record it."""
     from pydantic import ValidationError
 
-    from optarena.arena.store import ResultStore, default_storage_url
+    from optarena.arena.store import open_store, storage_url
     from optarena.arena.trainer import RunConfig, train
     from optarena.arena.workloads import get_workload
     from optarena.schedules import parse_schedule
@@ -170,7 +170,7 @@ def run(
         _check_hparams(optimizer, overrides)
     except (ValidationError, ValueError, json.JSONDecodeError) as err:
         _fail(str(err))
-    store = ResultStore(storage or default_storage_url(out))
+    store = open_store(storage_url(storage, out))
     with console.status(f"training {optimizer} on {workload}/{chosen_scale}"):
         result = train(config, store, checkpoint_dir=out / "checkpoints")
     loss = f"{result.final_eval_loss:.4f}" if result.final_eval_loss is not None else "—"
@@ -201,21 +201,21 @@ def report(
 ) -> None:
     """Re-render the report and ranking tables from the database."""
     from optarena.arena.report import write_report
-    from optarena.arena.store import ResultStore, default_storage_url
+    from optarena.arena.store import open_store, storage_url
 
-    url = storage or default_storage_url(out)
+    url = storage_url(storage, out)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         _fail(f"no results database at {url}; run `optarena arena --out {out}` first")
-    store = ResultStore(url)
+    store = open_store(url)
     studies = dict(store.studies())
     if not studies:
         _fail(f"the database {url} holds no arena study yet")
     name = study or list(studies)[-1]
     if name not in studies:
         _fail(f"unknown study {name!r}; known: {', '.join(studies)}")
-    path = write_report(store, name, out, studies[name])
-    _print_rankings(store, name, studies[name])
-    console.print(f"report: {path}")
+    scores = write_report(store, name, out, studies[name])
+    _print_rankings(scores, studies[name])
+    console.print(f"report: {out / 'report.md'} (and report.html)")
 
 
 # Commands defined in optarena.commands.<name> are registered below, one line each.

@@ -2,10 +2,11 @@
 
 Scaling out. ``workers=N`` starts N - 1 worker processes next to this one (each with one
 torch thread); every worker walks the same list of cells and trains whichever run is
-next and not claimed by a live worker (see :class:`optarena.arena.tuning.Claims`), so they
+next and not claimed by a live worker (see :class:`optarena.arena.claims.Claims`), so they
 share one study through the store. Several machines share a study the same way: run the
 same command on each with one ``--storage`` URL, e.g. ``postgresql://user:pw@host/db``
-(our tables and Optuna's live side by side in that database). Killing any worker, or
+(our tables and Optuna's live side by side in that database: each cell is an Optuna study there,
+see :mod:`optarena.arena.studies`). Killing any worker, or
 all of them, loses at most the steps since each run's last checkpoint: rerunning the
 command (or the surviving workers) picks the runs up.
 
@@ -27,14 +28,15 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from optarena.arena.store import ResultStore, default_storage_url
+from optarena.arena.claims import Claims, retry_on_race
+from optarena.arena.store import Cell, ResultStore, open_store, storage_url
 from optarena.arena.trainer import RunConfig, RunResult
-from optarena.arena.tuning import DONE, PROTOCOLS, RAN, CellResult, CellTuner, Claims, retry_on_race
+from optarena.arena.tuner import DONE, PROTOCOLS, RAN, CellResult, CellTuner
 from optarena.arena.workloads import get_workload
 from optarena.optim import get_spec
 from optarena.schedules import parse_schedule
 
-__all__ = ["BUDGETS", "ArenaConfig", "cells_of", "horizon_steps", "normalize_storage_url", "run_arena"]
+__all__ = ["BUDGETS", "ArenaConfig", "workload_scales", "horizon_steps", "run_arena"]
 
 # preset -> (trials per optimizer, seeds for the best configuration, steps override or None = workload
 # default, evaluations per run)
@@ -129,7 +131,7 @@ class ArenaConfig(BaseModel):
             unknown = sorted(set(self.scales) - known)
             if unknown:
                 raise ValueError(f"scales {unknown} belong to none of {self.workloads}; valid: {sorted(known)}")
-        for workload, scale in cells_of(self):
+        for workload, scale in workload_scales(self):
             steps = horizon_steps(self, workload, scale)
             if len(set(steps)) != len(steps):
                 raise ValueError(f"horizons {self.horizons} give the same number of steps twice on "
@@ -143,15 +145,15 @@ class ArenaConfig(BaseModel):
                 "evaluations": evaluations}
 
     def storage_url(self) -> str:
-        return normalize_storage_url(self.storage or default_storage_url(self.out))
+        return storage_url(self.storage, self.out)
 
     def study_settings(self) -> dict[str, Any]:
         """What the numbers depend on. Workers and the lease do not change them; nor does a default horizon."""
         data = self.model_dump(mode="json", exclude={"out", "storage", "budget", "workers", "lease_seconds"})
         if self.horizons == [1.0]:
-            del data["horizons"]  # studies recorded before horizons existed keep their names
+            del data["horizons"]  # the default budget alone: the name depends only on what was asked for
         if self.parametrization == "standard":
-            del data["parametrization"]  # likewise
+            del data["parametrization"]
         data.update(self.resolved())
         return data
 
@@ -160,7 +162,7 @@ class ArenaConfig(BaseModel):
         return "arena-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def cells_of(config: ArenaConfig) -> list[tuple[str, str]]:
+def workload_scales(config: ArenaConfig) -> list[tuple[str, str]]:
     """(workload, scale) pairs: the requested scales each workload has, else its first scale."""
     cells = []
     for name in config.workloads:
@@ -176,30 +178,16 @@ def horizon_steps(config: ArenaConfig, workload: str, scale: str) -> list[int]:
     return [max(1, round(h * steps)) for h in config.horizons]
 
 
-def normalize_storage_url(url: str) -> str:
-    """``postgresql://`` means psycopg 3 (our ``postgres`` extra) unless psycopg2 is what is installed."""
-    if url.startswith("postgresql://"):
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            return url
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            return "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return url
-
-
 def _tuners(config: ArenaConfig, store: ResultStore, claims: Claims, study: str, *,
-            on_run: Callable[[str, str, RunResult], None] | None = None,
+            on_run: Callable[[Cell, str, RunResult], None] | None = None,
             on_step: Callable[[int, int], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> list[CellTuner]:
-    """One tuner per (workload, scale, horizon, optimizer), in the order a single worker runs them."""
+    """One tuner per cell (workload, scale, horizon, optimizer), in the order a single worker runs them."""
     budget = config.resolved()
     schedule, schedule_options = parse_schedule(config.schedule)
     checkpoints = str(config.out / "checkpoints")
     tuners = []
-    for workload, scale in cells_of(config):
+    for workload, scale in workload_scales(config):
         for steps in horizon_steps(config, workload, scale):
             for optimizer in config.optimizers:
                 base = RunConfig(
@@ -208,13 +196,12 @@ def _tuners(config: ArenaConfig, store: ResultStore, claims: Claims, study: str,
                     seed=config.seed, grad_clip=config.grad_clip,
                     eval_every=max(1, steps // budget["evaluations"]), parametrization=config.parametrization,
                 )
-                cell = f"{workload}/{scale}/{optimizer}" + (f"@{steps}" if len(config.horizons) > 1 else "")
-                tuners.append(CellTuner(
+                tuner = CellTuner(
                     base, store, claims, study=study, n_trials=budget["trials"], seeds=budget["seeds"],
-                    protocol=config.protocol, checkpoint_dir=checkpoints,
-                    on_run=(lambda label, result, cell=cell: on_run(cell, label, result)) if on_run else None,
-                    on_step=on_step, should_stop=should_stop,
-                ))
+                    protocol=config.protocol, checkpoint_dir=checkpoints, on_step=on_step, should_stop=should_stop)
+                if on_run is not None:
+                    tuner.on_run = lambda label, result, cell=tuner.cell: on_run(cell, label, result)
+                tuners.append(tuner)
     return tuners
 
 
@@ -243,17 +230,13 @@ def _work(tuners: list[CellTuner], *, poll_seconds: float, should_stop: Callable
             time.sleep(poll_seconds)
 
 
-def _open_store(url: str) -> ResultStore:
-    return retry_on_race(lambda: ResultStore(url))  # several workers may create the tables at once
-
-
 def _worker_main(settings_json: str, parent_pid: int) -> None:
     """A worker process started by :func:`run_arena`: one torch thread; stops if its parent dies."""
     import torch
 
     torch.set_num_threads(1)
     config = ArenaConfig.model_validate_json(settings_json)
-    store = _open_store(config.storage_url())
+    store = open_store(config.storage_url())
     claims = Claims(store.engine, lease_seconds=config.lease_seconds)
 
     def orphaned() -> bool:
@@ -270,7 +253,7 @@ def _poll_seconds(config: ArenaConfig) -> float:
 def run_arena(
     config: ArenaConfig,
     *,
-    on_run: Callable[[str, str, RunResult], None] | None = None,
+    on_run: Callable[[Cell, str, RunResult], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[ResultStore, str, list[CellResult]]:
     """Tune every optimizer on every cell with the same budget; returns the store, study name and results.
@@ -279,7 +262,7 @@ def run_arena(
     others; it returns when every cell is complete, whoever trained its runs.
     """
     config.out.mkdir(parents=True, exist_ok=True)
-    store = _open_store(config.storage_url())
+    store = open_store(config.storage_url())
     study = config.study_name()
     settings = config.study_settings()
     retry_on_race(lambda: store.save_study(study, settings))

@@ -1,18 +1,20 @@
 """The results store: every run, its configuration and its curves, written as they happen.
 
-SQLAlchemy Core over any database URL; a SQLite file by default. Two tables:
+SQLAlchemy Core over any database URL (:func:`storage_url`); a SQLite file by default.
 
 - ``runs``: one row per run: the full configuration (JSON), a content key that makes a
   finished run reusable, status (``running``, ``ok``, ``diverged``, ``failed``), final
-  metrics and the wall-time split into data / forward+backward / optimizer step.
+  losses, the task's final metrics (JSON) and the wall-time split into data /
+  forward+backward / optimizer step / evaluation.
 - ``curve``: one row per logged step of a run (step, tokens, train loss, eval loss where
   evaluated, learning rate, gradient norm, wall time).
-
 - ``study`` / ``study_run``: an arena invocation (its budget and settings) and the runs it
   uses, with each run's role (``trial`` number or ``seed`` rerun). A finished run can serve
   several studies with the same settings without being rerun.
 
-A run in status ``running`` whose process died is simply restarted under the same key.
+A :class:`Cell` (workload, scale, steps, optimizer) is the unit the arena tunes; every run
+belongs to the cell its configuration names (:attr:`RunRecord.cell`). A run in status
+``running`` whose process died is simply restarted under the same key.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 
-__all__ = ["CurvePoint", "ResultStore", "RunRecord", "default_storage_url"]
+__all__ = [
+    "Cell", "CurvePoint", "ResultStore", "RunRecord", "default_storage_url", "normalize_storage_url", "open_store",
+    "storage_url",
+]
 
 _metadata = sa.MetaData()
 
@@ -34,7 +39,6 @@ runs_table = sa.Table(
     _metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("key", sa.String(64), nullable=False, unique=True),
-    sa.Column("cell", sa.String(200), nullable=False, index=True),  # "workload/scale/optimizer"
     sa.Column("workload", sa.String(64), nullable=False),
     sa.Column("scale", sa.String(64), nullable=False),
     sa.Column("optimizer", sa.String(64), nullable=False),
@@ -94,7 +98,56 @@ FINISHED = ("ok", "diverged")
 
 
 def default_storage_url(out_dir: str | Path) -> str:
+    """A SQLite file ``results.db`` in ``out_dir``."""
     return f"sqlite:///{Path(out_dir).resolve() / 'results.db'}"
+
+
+def storage_url(storage: str | None, out_dir: str | Path) -> str:
+    """``storage`` (any SQLAlchemy URL), else :func:`default_storage_url`; normalized."""
+    return normalize_storage_url(storage or default_storage_url(out_dir))
+
+
+def normalize_storage_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 (our ``postgres`` extra) unless psycopg2 is what is installed."""
+    if url.startswith("postgresql://"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            return url
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def open_store(url: str) -> "ResultStore":
+    """The store at ``url``; several workers may create its tables at once (their races are retried)."""
+    from optarena.arena.claims import retry_on_race
+
+    return retry_on_race(lambda: ResultStore(url))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The unit the arena tunes: one optimizer on one workload, scale and step budget.
+
+    The cells of all optimizers that share (workload, scale, steps) form one *problem*:
+    they are ranked against each other and scored together.
+    """
+
+    workload: str
+    scale: str
+    steps: int
+    optimizer: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload}/{self.scale}/{self.optimizer}@{self.steps}"
+
+    @property
+    def problem(self) -> tuple[str, str, int]:
+        return self.workload, self.scale, self.steps
 
 
 @dataclass
@@ -114,7 +167,6 @@ class CurvePoint:
 class RunRecord:
     id: int
     key: str
-    cell: str
     workload: str
     scale: str
     optimizer: str
@@ -127,7 +179,7 @@ class RunRecord:
     error: str | None
     final_eval_loss: float | None
     final_train_loss: float | None
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     time_data: float | None
     time_forward_backward: float | None
     time_optimizer: float | None
@@ -137,6 +189,10 @@ class RunRecord:
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.workload, self.scale, self.steps, self.optimizer)
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -151,30 +207,16 @@ class ResultStore:
     """Thin access layer over the two tables; safe to share between processes via the database."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = normalize_storage_url(url)
+        if self.url.startswith("sqlite:///"):
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.engine = sa.create_engine(url, future=True)
+            self.engine = sa.create_engine(self.url, future=True)
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             _metadata.create_all(self.engine)
-            self._add_missing_columns()
         except sa.exc.ArgumentError as err:
             raise ValueError(f"invalid storage URL {url!r}: {err}") from None
-
-    def _add_missing_columns(self) -> None:
-        """Bring a database written by an older optarena up to date (new columns are all nullable)."""
-        inspector = sa.inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in _metadata.sorted_tables:
-                present = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name not in present:
-                        if not column.nullable:
-                            raise ValueError(f"{self.url}: table {table.name} lacks required column {column.name}")
-                        kind = column.type.compile(dialect=self.engine.dialect)
-                        conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
     # -- runs -----------------------------------------------------------------
     def get_run(self, key: str) -> RunRecord | None:
@@ -182,10 +224,15 @@ class ResultStore:
             row = conn.execute(sa.select(runs_table).where(runs_table.c.key == key)).mappings().first()
         return _to_record(row) if row else None
 
-    def start_run(self, key: str, *, cell: str, config: dict[str, Any]) -> int:
+    def finished_run(self, key: str) -> RunRecord | None:
+        """The run ``key`` if it has finished (``ok`` or ``diverged``): how results are read back, never retrained."""
+        record = self.get_run(key)
+        return record if record is not None and record.finished else None
+
+    def start_run(self, key: str, *, config: dict[str, Any]) -> int:
         """Create (or reset, if a previous attempt did not finish) the run row; returns its id."""
         values = dict(
-            cell=cell, workload=config["workload"], scale=config["scale"],
+            workload=config["workload"], scale=config["scale"],
             optimizer=config["optimizer"], seed=config["seed"], steps=config["steps"],
             hparams=json.dumps(config["hparams"], sort_keys=True, default=str),
             config=json.dumps(config, sort_keys=True, default=str), status="running", diverged_step=None,
@@ -219,11 +266,8 @@ class ResultStore:
                 )
             )
 
-    def runs(self, *, cell: str | None = None, workload: str | None = None,
-             status: Sequence[str] | None = None) -> list[RunRecord]:
+    def runs(self, *, workload: str | None = None, status: Sequence[str] | None = None) -> list[RunRecord]:
         query = sa.select(runs_table).order_by(runs_table.c.id)
-        if cell is not None:
-            query = query.where(runs_table.c.cell == cell)
         if workload is not None:
             query = query.where(runs_table.c.workload == workload)
         if status is not None:

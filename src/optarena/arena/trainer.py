@@ -105,7 +105,6 @@ def train(
     config: RunConfig,
     store: ResultStore | None = None,
     *,
-    cell: str | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -117,9 +116,8 @@ def train(
     evaluation) and resumes from its last checkpoint; the checkpoint is removed when the run ends.
     """
     key = config.key()
-    cell = cell or f"{config.workload}/{config.scale}/{config.optimizer}"
-    previous = store.get_run(key) if store is not None else None
-    if previous is not None and previous.finished:
+    previous = store.finished_run(key) if store is not None else None
+    if previous is not None:
         return RunResult(previous.id, previous.status, previous.final_eval_loss, previous.final_train_loss,
                          previous.diverged_step, previous.error, curve=store.curve(previous.id), reused=True,
                          metrics=previous.metrics)
@@ -127,10 +125,10 @@ def train(
     try:
         run = _Run.build(config, workload, spec.uses_schedule)
     except (ValueError, TypeError, RuntimeError) as exc:  # a bad configuration: record it, let the sweep go on
-        return _record_failed_setup(config, store, key, cell, f"{type(exc).__name__}: {exc}")
+        return _record_failed_setup(config, store, key, f"{type(exc).__name__}: {exc}")
     checkpoints = _Checkpoints(Path(checkpoint_dir), key) if checkpoint_dir is not None else None
     resumed = checkpoints is not None and checkpoints.load(run)
-    recorder = _Recorder(store, key, cell, run.record(), resumed_at=run.start_step if resumed else None)
+    recorder = _Recorder(store, key, run.record(), resumed_at=run.start_step if resumed else None)
     status, diverged_step, error = "ok", None, None
     try:
         status, diverged_step = _loop(run, recorder, checkpoints, checkpoint_every or run.eval_every, on_step)
@@ -382,7 +380,7 @@ class _Checkpoints:
 class _Recorder:
     """The run's row and curve in the store (when there is one), and the curve of this call."""
 
-    def __init__(self, store: ResultStore | None, key: str, cell: str, record: dict[str, Any],
+    def __init__(self, store: ResultStore | None, key: str, record: dict[str, Any],
                  resumed_at: int | None) -> None:
         self.store, self.run_id = store, None
         self.pending: list[CurvePoint] = []
@@ -393,7 +391,7 @@ class _Recorder:
                 self.run_id = existing.id
                 store.truncate_curve(self.run_id, resumed_at)
             else:
-                self.run_id = store.start_run(key, cell=cell, config=record)
+                self.run_id = store.start_run(key, config=record)
 
     def log(self, point: CurvePoint) -> None:
         self.pending.append(point)
@@ -416,12 +414,10 @@ class _Recorder:
         return self.curve
 
 
-def _record_failed_setup(config: RunConfig, store: ResultStore | None, key: str, cell: str,
-                         error: str) -> RunResult:
+def _record_failed_setup(config: RunConfig, store: ResultStore | None, key: str, error: str) -> RunResult:
     run_id = None
     if store is not None:
-        run_id = store.start_run(key, cell=cell,
-                                 config={**config.model_dump(), "steps": config.resolved_steps(),
-                                         "versions": _versions()})
+        run_id = store.start_run(key, config={**config.model_dump(), "steps": config.resolved_steps(),
+                                              "versions": _versions()})
         store.finish_run(run_id, status="failed", error=error)
     return RunResult(run_id, "failed", None, None, error=error)

@@ -119,7 +119,7 @@ def predict_command(
         for r in runs.values():
             name, options, steps, _ = run_schedule(r)
             final = f"{r.final_eval_loss:.4f}" if r.final_eval_loss is not None else "—"
-            table.add_row(str(r.id), r.cell, _schedule_label(name, options), str(steps), r.status, final)
+            table.add_row(str(r.id), r.cell.label, _schedule_label(name, options), str(steps), r.status, final)
         console.print(table)
         return
     try:
@@ -149,7 +149,7 @@ def predict_command(
     for note in params.notes:
         console.print(f"  [yellow]note:[/] {note}")
 
-    table = Table(title=f"predicted final {loss} loss: {reference.cell}, {steps} steps, peak lr {base_lr:.3g}")
+    table = Table(title=f"predicted final {loss} loss: {reference.cell.label}, {steps} steps, peak lr {base_lr:.3g}")
     for col in ("schedule", "source", "predicted", "observed", "rel. error", "MAPE after warmup"):
         table.add_column(col, overflow="fold")
     plotted: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -175,7 +175,8 @@ def predict_command(
         except ValueError as err:
             fail(str(err))
         match = next((r for r in runs.values() if r.status == "ok" and r.id not in fit_ids
-                      and r.cell == reference.cell and r.hparams == reference.hparams
+                      and (r.workload, r.scale, r.optimizer) == (reference.workload, reference.scale, reference.optimizer)
+                      and r.hparams == reference.hparams
                       and run_schedule(r)[:3] == (name, options, steps)), None)
         obs = None
         if match is not None:

@@ -1,5 +1,5 @@
 """AuON, NAMO, Drop-Muon, muon_spectral, FISMO, MKOR and FRUGAL against hand-computed updates
-(ALGORITHMS.md §2-§5b, §7, §13), plus exact continuation and a short training run for each."""
+from their papers' equations, plus exact continuation and a short training run for each."""
 
 import copy
 import math
@@ -74,7 +74,7 @@ def test_hybrid_auon_is_one_newton_schulz_step_then_the_brake():
 
 
 def test_auon_brake_is_almost_the_identity():
-    """ALGORITHMS.md §2: for a unit-norm N x N matrix, r ~ 1 + 1/(2 N^2)."""
+    """AuON (arXiv:2509.24320): for a unit-norm N x N matrix, r ~ 1 + 1/(2 N^2)."""
     from optarena.optim.auon import cosh_rms
     X = torch.randn(64, 64, dtype=F64)
     X /= X.norm()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _refusal(exc: BaseException) -> str:
-    """The line of torch's message naming the refused global (its advice to load unsafely is left out)."""
-    named = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
-    return named[0] if named else type(exc).__name__
+    """What torch refused, without its advice to load the file unsafely."""
+    refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return f"unsupported global {refused.group(1)}" if refused else type(exc).__name__

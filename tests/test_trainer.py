@@ -268,3 +268,21 @@ def test_skip_nonfinite_grads_keeps_the_trajectory_and_key_of_a_clean_run():
 
 def _points(result):
     return [(p.step, p.train_loss, p.eval_loss, p.grad_norm) for p in result.curve]
+
+
+def test_a_resumed_run_keeps_its_count_of_skipped_steps(tmp_path, store, monkeypatch):
+    config = _config(steps=12, eval_every=4, skip_nonfinite_grads=True)
+    _poison_gradient_at(monkeypatch, 5)
+    straight = train(config)
+    _poison_gradient_at(monkeypatch, 5)
+
+    def kill_at_9(done: int, total: int) -> None:
+        if done == 9:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(config, store, checkpoint_dir=tmp_path, on_step=kill_at_9)
+    resumed = train(config, store, checkpoint_dir=tmp_path)
+    assert resumed.skipped_steps == straight.skipped_steps == 1
+    assert [(p.step, p.train_loss, p.eval_loss) for p in resumed.curve] == [
+        (p.step, p.train_loss, p.eval_loss) for p in straight.curve]

@@ -85,13 +85,15 @@ def test_a_damaged_or_foreign_checkpoint_is_discarded_and_the_run_restarts(tmp_p
     store, directory, path = _killed_run(tmp_path, config)
     spoil, why = DAMAGE[damage]
     spoil(path, config.key())
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_bytes(b"a write cut short by a kill")
     result, warned = _rerun(config, store, directory)
     assert len(warned) == 1 and str(path) in warned[0] and why in warned[0] and "\n" not in warned[0]
     assert result.status == "ok" and result.final_eval_loss == straight.final_eval_loss
     assert _points(result) == _points(straight)
     assert [(p.step, p.train_loss) for p in store.curve(result.run_id)] == [
         (p.step, p.train_loss) for p in straight.curve]
-    assert not path.exists()
+    assert not path.exists() and not partial.exists()
 
 
 def test_an_unreadable_checkpoint_is_discarded(tmp_path, monkeypatch):

@@ -96,18 +96,27 @@ class Checkpoints:
 
     def discard(self, why: str) -> None:
         """Remove the checkpoint with one warning line naming it and ``why``."""
+        try:
+            self.remove()
+        except OSError as exc:  # the next save replaces it
+            why = f"{why}; it could not be removed ({exc.strerror or exc})"
         warnings.warn(f"discarding checkpoint {self.path}: {why}; the run starts again from step 0",
                       CheckpointWarning, stacklevel=3)
-        self.remove()
 
     def remove(self) -> None:
+        """Remove the checkpoint, and a partial write a kill left beside it."""
         self.path.unlink(missing_ok=True)
+        _partial(self.path).unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _partial(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
 
 
 def _refusal(exc: BaseException) -> str:

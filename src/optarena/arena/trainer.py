@@ -106,7 +106,8 @@ class RunResult:
     timing: dict[str, float] = field(default_factory=dict)
     curve: list[CurvePoint] = field(default_factory=list)
     reused: bool = False
-    metrics: dict[str, float] = field(default_factory=dict)  # the final evaluation (ok runs): "loss", ...
+    # the final evaluation (ok runs): "loss", ...; with skip_nonfinite_grads also "skipped_steps" (every run)
+    metrics: dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0  # updates skipped for a non-finite gradient (skip_nonfinite_grads)
 
 
@@ -143,7 +144,8 @@ def train(
         try:
             run.load_state_dict(saved)
         except Exception as exc:  # verified but not this run's shape: the half-loaded run is rebuilt
-            checkpoints.discard(f"does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+            reason = next(iter(str(exc).splitlines()), "")
+            checkpoints.discard(f"does not fit this run ({type(exc).__name__}: {reason})")
             run, saved = _Run.build(config, workload, spec.uses_schedule), None
     resumed = saved is not None
     recorder = _Recorder(store, key, cell, run.record(), resumed_at=run.start_step if resumed else None)

@@ -173,3 +173,15 @@ def test_the_checkpoint_of_a_schedule_and_an_ema_loads_with_weights_only(tmp_pat
     assert set(budget_model) == set(state["model"])
     assert not list(tmp_path.glob("*.tmp"))
 
+
+
+def test_a_checkpoint_of_another_torch_version_is_discarded(tmp_path):
+    config = _config()
+    straight = train(config)
+    store, directory, path = _killed_run(tmp_path, config)
+    state = read_checkpoint(path, config.key())
+    state["versions"] = {**state["versions"], "torch": "1.0.0"}
+    write_checkpoint(path, config.key(), state)
+    result, warned = _rerun(config, store, directory)
+    assert len(warned) == 1 and "does not fit this run (ValueError: saved by" in warned[0] and "1.0.0" in warned[0]
+    assert result.status == "ok" and _points(result) == _points(straight)

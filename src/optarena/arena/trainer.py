@@ -210,7 +210,7 @@ def _loop(run: _Run, recorder: _Recorder, checkpoints: Checkpoints | None, check
 
 
 def _versions() -> dict[str, str]:
-    return {"optarena": optarena.__version__, "torch": torch.__version__}
+    return {"optarena": str(optarena.__version__), "torch": str(torch.__version__)}  # plain str: weights_only loads it
 
 
 def _build_mup(workload: Workload, config: RunConfig) -> tuple[Task, torch.optim.Optimizer]:
@@ -375,10 +375,13 @@ class _Run:
         self.timing["wall"] = self.elapsed()
         return {"step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "initial_loss": self.initial_loss,
-                "timing": dict(self.timing), "skipped_steps": self.skipped_steps,
+                "timing": dict(self.timing), "skipped_steps": self.skipped_steps, "versions": _versions(),
                 "averager": self.averager.state_dict() if self.averager is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; ``ValueError`` for a state saved by other versions of optarena or torch."""
+        if state["versions"] != _versions():
+            raise ValueError(f"saved by {state['versions']}, this is {_versions()}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

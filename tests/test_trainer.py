@@ -1,6 +1,9 @@
 """The training loop: records runs, survives divergence, resumes exactly, reuses finished runs."""
 
+import math
+
 import pytest
+import torch
 
 from optarena.arena.store import ResultStore
 from optarena.arena.trainer import RunConfig, train
@@ -193,3 +196,93 @@ def test_final_metrics_are_recorded_and_reused(store):
     assert train(config, store).metrics == result.metrics  # a reused run reads them from the store
     exploding = _config(optimizer="sgd", hparams={"lr": 50.0, "momentum": 0.9})
     assert train(exploding, store).metrics == {} and store.get_run(exploding.key()).metrics == {}
+
+
+def _poison_gradient_at(monkeypatch, step: int) -> dict:
+    """Make one gradient element NaN in update ``step`` (a finite loss); capture the run around it."""
+    import copy
+
+    from optarena.arena.trainer import _Run
+
+    seen: dict = {"calls": 0}
+    forward_backward = _Run.forward_backward
+
+    def snapshot(run):  # the schedule moves the lr on: every other setting and all state must stay
+        state = copy.deepcopy(run.optimizer.state_dict())
+        groups = [{k: v for k, v in group.items() if k != "lr"} for group in state["param_groups"]]
+        return [p.detach().clone() for p in run.params], state["state"], groups
+
+    def poisoned(run, batch):
+        seen["calls"] += 1
+        if seen["calls"] == step + 1:  # the update after the poisoned one is about to start
+            seen["after"] = snapshot(run)
+        loss = forward_backward(run, batch)
+        if seen["calls"] == step:
+            seen["before"] = snapshot(run)
+            run.params[0].grad.view(-1)[0] = float("nan")
+        return loss
+
+    monkeypatch.setattr(_Run, "forward_backward", poisoned)
+    return seen
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.filterwarnings("ignore:SophiaG got no sampled-label loss")
+@pytest.mark.parametrize("optimizer,hparams", [("adamw", {"lr": 0.05}),  # Sophia: a Hessian refresh due every step
+                                               ("sophia_g", {"lr": 0.05, "hessian_interval": 1})])
+def test_skip_nonfinite_grads_leaves_parameters_and_state_untouched(store, monkeypatch, optimizer, hparams):
+    config = _config(optimizer=optimizer, hparams=hparams, steps=12, eval_every=4, skip_nonfinite_grads=True)
+    seen = _poison_gradient_at(monkeypatch, 5)
+    result = train(config, store)
+    assert result.status == "ok", result.error
+    assert result.skipped_steps == 1 and result.metrics["skipped_steps"] == 1
+    assert _same(seen["before"], seen["after"])  # parameters, moments, step counts and Hessian as before the step
+    assert not math.isfinite(result.curve[5].grad_norm) and math.isfinite(result.curve[6].grad_norm)
+    record = store.get_run(config.key())
+    assert record.metrics["skipped_steps"] == 1 and record.config["skip_nonfinite_grads"] is True
+
+
+def test_without_skip_nonfinite_grads_a_nan_gradient_diverges_the_run(store, monkeypatch):
+    _poison_gradient_at(monkeypatch, 5)
+    config = _config(steps=12, eval_every=4)
+    result = train(config, store)
+    assert result.status == "diverged" and result.diverged_step == 6 and result.skipped_steps == 0
+    assert store.get_run(config.key()).status == "diverged"
+
+
+def test_skip_nonfinite_grads_keeps_the_trajectory_and_key_of_a_clean_run():
+    assert _config(skip_nonfinite_grads=False).key() == _config().key()
+    assert _config(skip_nonfinite_grads=True).key() != _config().key()
+    plain, guarded = train(_config(steps=12)), train(_config(steps=12, skip_nonfinite_grads=True))
+    assert _points(plain) == _points(guarded) and guarded.skipped_steps == 0
+
+
+def _points(result):
+    return [(p.step, p.train_loss, p.eval_loss, p.grad_norm) for p in result.curve]
+
+
+def test_a_resumed_run_keeps_its_count_of_skipped_steps(tmp_path, store, monkeypatch):
+    config = _config(steps=12, eval_every=4, skip_nonfinite_grads=True)
+    _poison_gradient_at(monkeypatch, 5)
+    straight = train(config)
+    _poison_gradient_at(monkeypatch, 5)
+
+    def kill_at_9(done: int, total: int) -> None:
+        if done == 9:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(config, store, checkpoint_dir=tmp_path, on_step=kill_at_9)
+    resumed = train(config, store, checkpoint_dir=tmp_path)
+    assert resumed.skipped_steps == straight.skipped_steps == 1
+    assert [(p.step, p.train_loss, p.eval_loss) for p in resumed.curve] == [
+        (p.step, p.train_loss, p.eval_loss) for p in straight.curve]

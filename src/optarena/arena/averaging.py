@@ -76,8 +76,14 @@ class WeightAverager:
         return {"ema": self.ema, "snapshots": list(self.snapshots)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a state of another model or mode raises ``ValueError``."""
+        if (self.ema is None) != (state["ema"] is None):
+            raise ValueError(f"averager state of another mode: this averager's mode is {self.mode!r}")
         if self.ema is not None:
-            for mine, saved in zip(self.ema, state["ema"]):
+            for mine, saved in zip(self.ema, state["ema"], strict=True):
                 mine.copy_(saved)
+        for snapshot in state["snapshots"]:
+            if [t.shape for t in snapshot] != [p.shape for p in self.params]:
+                raise ValueError("averager snapshot of another model: its tensor shapes differ from the parameters'")
         self.snapshots.clear()
         self.snapshots.extend(state["snapshots"])

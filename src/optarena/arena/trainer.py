@@ -3,9 +3,10 @@
 :func:`train` builds the task, the optimizer and the schedule (:meth:`_Run.build`), resumes
 from a checkpoint if there is one, and runs :func:`_loop`: per step get the batch,
 forward+backward, check for divergence, clip, step, schedule, log; evaluate every
-``eval_every`` steps and at the end; checkpoint so a killed run resumes exactly. What an
-optimizer needs from the loop beyond ``backward()`` and ``step()`` it declares through
-:class:`optarena.optim.hooks.TrainingHooks`.
+``eval_every`` steps and at the end; checkpoint so a killed run resumes exactly (a checkpoint
+that cannot be used is discarded with a warning and the run starts again:
+:mod:`optarena.arena.checkpoint`). What an optimizer needs from the loop beyond ``backward()``
+and ``step()`` it declares through :class:`optarena.optim.hooks.TrainingHooks`.
 
 Curve convention: the point at ``step = s`` is logged after ``s`` updates; its
 ``train_loss`` is the loss of the batch the ``s``-th update used, its ``eval_loss`` the
@@ -13,6 +14,11 @@ validation loss after that update. Step 0 holds the evaluation at initialisation
 task's ``forward_stats`` (``lm``'s attention and logit scales) are logged with each step;
 its final ``evaluate`` metrics (``"loss"``, and ``"accuracy"`` where the task measures it)
 are stored with the run and returned in :attr:`RunResult.metrics`.
+
+A non-finite loss ends the run as ``diverged``. A finite loss with a non-finite gradient
+reaches the optimizer unless ``skip_nonfinite_grads`` is set; then the update is skipped
+(:meth:`_Run.optimizer_step`) and counted in :attr:`RunResult.skipped_steps` and in the stored
+metrics as ``"skipped_steps"``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import optarena
 from optarena.arena.averaging import WeightAverager
+from optarena.arena.checkpoint import Checkpoints
 from optarena.arena.store import CurvePoint, ResultStore
 from optarena.arena.workloads import Task, get_workload
 from optarena.arena.workloads.base import MupWorkload, Workload
@@ -67,6 +73,8 @@ class RunConfig(BaseModel):
     average_last: int = Field(4, ge=1, description="checkpoints in the uniform average (averaging='uniform')")
     parametrization: Literal["standard", "mup"] = "standard"
     mup_base_width: int | None = Field(None, gt=0, description="muP base width; None: the first scale's width")
+    skip_nonfinite_grads: bool = Field(False, description="skip the update of a step whose gradient norm is not "
+                                                          "finite; False lets it through to the divergence check")
 
     @field_validator("schedule")
     @classmethod
@@ -98,7 +106,9 @@ class RunResult:
     timing: dict[str, float] = field(default_factory=dict)
     curve: list[CurvePoint] = field(default_factory=list)
     reused: bool = False
-    metrics: dict[str, float] = field(default_factory=dict)  # the final evaluation (ok runs): "loss", ...
+    # the final evaluation (ok runs): "loss", ...; with skip_nonfinite_grads also "skipped_steps" (every run)
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0  # updates skipped for a non-finite gradient (skip_nonfinite_grads)
 
 
 def train(
@@ -126,8 +136,16 @@ def train(
         run = _Run.build(config, workload, spec.uses_schedule)
     except (ValueError, TypeError, RuntimeError) as exc:  # a bad configuration: record it, let the sweep go on
         return _record_failed_setup(config, store, key, f"{type(exc).__name__}: {exc}")
-    checkpoints = _Checkpoints(Path(checkpoint_dir), key) if checkpoint_dir is not None else None
-    resumed = checkpoints is not None and checkpoints.load(run)
+    checkpoints = Checkpoints(Path(checkpoint_dir), key) if checkpoint_dir is not None else None
+    saved = checkpoints.load() if checkpoints is not None else None
+    if saved is not None:
+        try:
+            run.load_state_dict(saved)
+        except Exception as exc:  # verified but not this run's shape: the half-loaded run is rebuilt
+            reason = next(iter(str(exc).splitlines()), "")
+            checkpoints.discard(f"does not fit this run ({type(exc).__name__}: {reason})")
+            run, saved = _Run.build(config, workload, spec.uses_schedule), None
+    resumed = saved is not None
     recorder = _Recorder(store, key, run.record(), resumed_at=run.start_step if resumed else None)
     status, diverged_step, error = "ok", None, None
     try:
@@ -136,15 +154,18 @@ def train(
         status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
     run.timing["wall"] = run.elapsed()
     metrics = run.metrics if status == "ok" else {}
+    if config.skip_nonfinite_grads:
+        metrics = {**metrics, "skipped_steps": float(run.skipped_steps)}
     recorder.finish(status=status, diverged_step=diverged_step, error=error, final_eval_loss=metrics.get("loss"),
                     final_train_loss=run.train_loss, timing=run.timing, metrics=metrics)
     if checkpoints is not None:
         checkpoints.remove()
     return RunResult(recorder.run_id, status, metrics.get("loss"), run.train_loss, diverged_step, error,
-                     dict(run.timing), recorder.full_curve(resumed), metrics=dict(metrics))
+                     dict(run.timing), recorder.full_curve(resumed), metrics=dict(metrics),
+                     skipped_steps=run.skipped_steps)
 
 
-def _loop(run: _Run, recorder: _Recorder, checkpoints: _Checkpoints | None, checkpoint_every: int,
+def _loop(run: _Run, recorder: _Recorder, checkpoints: Checkpoints | None, checkpoint_every: int,
           on_step: Callable[[int, int], None] | None) -> tuple[str, int | None]:
     """Train from ``run.start_step`` to ``run.steps``; returns the status and the step it diverged at."""
     task, hooks = run.task, run.hooks
@@ -167,13 +188,12 @@ def _loop(run: _Run, recorder: _Recorder, checkpoints: _Checkpoints | None, chec
                 recorder.log(CurvePoint(done, done * task.tokens_per_step, run.train_loss, None, run.lr(), None,
                                         run.elapsed()))
                 return "diverged", done
-            hooks.observe_loss(run.train_loss)
             lr, grad_norm = run.lr(), run.clip_gradients()
-            run.optimizer_step(batch)
+            run.optimizer_step(batch, grad_norm)
         due = done % run.eval_every == 0 or done == run.steps or done in run.budget_steps
         eval_loss = run.evaluate(snapshot=True)["loss"] if due else None
         if done in run.budget_steps and checkpoints is not None:
-            checkpoints.save_budget_model(run, done)
+            checkpoints.save_budget_model(done, run.model.state_dict())
         recorder.log(CurvePoint(done, done * task.tokens_per_step, run.train_loss, eval_loss, lr, grad_norm,
                                 run.elapsed(), stats.get("max_attn_logit"), stats.get("logit_rms")))
         if eval_loss is not None and not math.isfinite(eval_loss):
@@ -181,14 +201,14 @@ def _loop(run: _Run, recorder: _Recorder, checkpoints: _Checkpoints | None, chec
         if due:
             recorder.flush()
         if checkpoints is not None and done % checkpoint_every == 0 and done < run.steps:
-            checkpoints.save(run, done)
+            checkpoints.save(run.state_dict(done))
         if on_step is not None:
             on_step(done, run.steps)
     return "ok", None
 
 
 def _versions() -> dict[str, str]:
-    return {"optarena": optarena.__version__, "torch": torch.__version__}
+    return {"optarena": str(optarena.__version__), "torch": str(torch.__version__)}  # plain str: weights_only loads it
 
 
 def _build_mup(workload: Workload, config: RunConfig) -> tuple[Task, torch.optim.Optimizer]:
@@ -222,7 +242,7 @@ class _Run:
         self.averager = None if config.averaging == "none" else WeightAverager(
             self.model, config.averaging, ema_decay=config.ema_decay, last_k=config.average_last)
         self.timing = {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0, "eval": 0.0, "wall": 0.0}
-        self.start_step, self.initial_loss, self.train_loss = 0, None, None
+        self.start_step, self.initial_loss, self.train_loss, self.skipped_steps = 0, None, None, 0
         self.metrics: dict[str, float] = {}
         self._clock = time.perf_counter()
 
@@ -297,9 +317,27 @@ class _Run:
             return float(torch.nn.utils.get_total_norm(grads, foreach=True))
         return float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip, foreach=True))
 
-    def optimizer_step(self, batch: Any) -> None:
-        """``step()``, the Hessian refresh when due, then the schedule and the weight average."""
+    def optimizer_step(self, batch: Any, grad_norm: float | None) -> None:
+        """``step()`` and the Hessian refresh when due, then the schedule and the weight average.
+
+        With ``skip_nonfinite_grads``, a step whose gradient norm is not finite leaves the
+        parameters and the optimizer (its state, its Hessian and its ``observe_loss`` hook)
+        untouched and is counted in ``skipped_steps``; the schedule and the weight average still
+        advance, so that the schedule stays aligned with the step budget and the batches. Hooks
+        called before the gradient is known (``prepare_step``) have run.
+        """
+        if self.config.skip_nonfinite_grads and grad_norm is not None and not math.isfinite(grad_norm):
+            self.skipped_steps += 1
+        else:
+            self._update(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.averager is not None:
+            self.averager.update()
+
+    def _update(self, batch: Any) -> None:
         task, model, optimizer = self.task, self.model, self.optimizer
+        self.hooks.observe_loss(self.train_loss)
         if self.hooks.needs_backward:
             optimizer.step()
         else:
@@ -312,10 +350,6 @@ class _Run:
                 self.hooks.update_hessian(lambda: task.loss(model, batch),
                                           (lambda: sampled(model, batch)) if sampled is not None else None,
                                           batch_size=task.tokens_per_step)
-        optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        if self.averager is not None:
-            self.averager.update()
 
     def evaluate(self, snapshot: bool = False) -> dict[str, float]:
         """The task's metrics of the evaluated weights (the average, with averaging); kept in ``metrics``.
@@ -339,42 +373,20 @@ class _Run:
         self.timing["wall"] = self.elapsed()
         return {"step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "initial_loss": self.initial_loss,
-                "timing": dict(self.timing),
+                "timing": dict(self.timing), "skipped_steps": self.skipped_steps, "versions": _versions(),
                 "averager": self.averager.state_dict() if self.averager is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; ``ValueError`` for a state saved by other versions of optarena or torch."""
+        if state["versions"] != _versions():
+            raise ValueError(f"saved by {state['versions']}, this is {_versions()}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_step, self.initial_loss, self.timing = state["step"], state["initial_loss"], state["timing"]
+        self.skipped_steps = state["skipped_steps"]
         if self.averager is not None:
             self.averager.load_state_dict(state["averager"])
-
-
-class _Checkpoints:
-    """``<dir>/<key>.pt``, written atomically, so that a killed run resumes where it was saved."""
-
-    def __init__(self, directory: Path, key: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path, self.key = directory / f"{key}.pt", key
-
-    def load(self, run: _Run) -> bool:
-        """Restore ``run`` from the checkpoint; False when there is none."""
-        if not self.path.exists():
-            return False
-        run.load_state_dict(torch.load(self.path, weights_only=False))
-        return True
-
-    def save(self, run: _Run, step: int) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(run.state_dict(step), tmp)
-        os.replace(tmp, self.path)  # atomic: a kill never leaves a half-written checkpoint
-
-    def save_budget_model(self, run: _Run, budget: int) -> None:
-        torch.save(run.model.state_dict(), self.path.with_name(f"{self.key}-budget{budget}.pt"))
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 class _Recorder:

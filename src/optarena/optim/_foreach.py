@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 __all__ = [
-    "GroupwiseOptimizer", "adamw_rule", "check_float", "collect_grads", "group_by_device_dtype", "groups_with_grads",
+    "CopiesItsAttributes", "GroupwiseOptimizer", "adamw_rule", "check_float", "collect_grads", "group_by_device_dtype", "groups_with_grads",
     "run_closure", "zeros_state",
 ]
 
@@ -49,6 +49,27 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
         return None
     with torch.enable_grad():
         return closure()
+
+
+# what torch.optim.Optimizer sets on itself; its __getstate__ keeps only defaults, state and param_groups
+_TORCH_ATTRIBUTES = frozenset(vars(torch.optim.Optimizer([torch.zeros(1)], {}))) | {
+    "_warned_capturable_if_run_uncaptured"
+}
+
+
+class CopiesItsAttributes:
+    """Mixin (before ``torch.optim.Optimizer``): ``copy.deepcopy`` and pickling keep the subclass's attributes.
+
+    torch's ``Optimizer.__getstate__`` keeps ``defaults``, ``state`` and ``param_groups`` only,
+    so an attribute set in ``__init__`` (a generator, an optimizer-wide coefficient, registered
+    hooks) would be missing from the copy. torch's own attributes (its hook dictionaries) are
+    left out as torch leaves them out.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        state.update({k: v for k, v in vars(self).items() if k not in _TORCH_ATTRIBUTES})
+        return state
 
 
 class GroupwiseOptimizer(torch.optim.Optimizer):

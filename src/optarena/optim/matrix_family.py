@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import adamw_rule, collect_grads, run_closure, zeros_state
+from optarena.optim._foreach import CopiesItsAttributes, adamw_rule, collect_grads, run_closure, zeros_state
 from optarena.optim.orthogonalize import MUON_COEFFICIENTS, ORTHOGONALIZATION_METHODS, orthogonalize_many
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register, registered_name
 from optarena.validation import check_choice, check_conventional, check_int
@@ -48,7 +48,7 @@ def check_ns(owner: str, ns_steps: Any, ns_coefficients: Any, ns_method: Any = "
     check_choice(owner, "ns_method", ns_method, NS_METHODS)
 
 
-class MatrixOptimizer(torch.optim.Optimizer):
+class MatrixOptimizer(CopiesItsAttributes, torch.optim.Optimizer):
     """Base of the Muon family: ``matrix=True`` groups get the subclass's rule, the rest AdamW.
 
     Subclasses implement ``_matrix_group(group)`` (and may set ``vector_ok`` when their

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import GroupwiseOptimizer, groups_with_grads, run_closure
+from optarena.optim._foreach import CopiesItsAttributes, GroupwiseOptimizer, groups_with_grads, run_closure
 from optarena.optim.kernels import flat_slices
 from optarena.optim.kernels.memory import AMSGDPasses, am_adamw_fused_step
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -59,7 +59,7 @@ def _check_lambda_beta(name: str, model_lambda: float, beta_max: float) -> None:
     check_unit_interval(name, "beta_max", beta_max)
 
 
-class AMSGD(torch.optim.Optimizer):
+class AMSGD(CopiesItsAttributes, torch.optim.Optimizer):
     """AM-SGD: SGD whose momentum coefficient comes from a two-plane model (see module docstring).
 
     Args:

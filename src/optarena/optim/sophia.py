@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, run_closure
+from optarena.optim._foreach import CopiesItsAttributes, collect_grads, run_closure
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.hooks import TrainingHooks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -65,7 +65,7 @@ __all__ = ["SophiaG", "SophiaH"]
 LossClosure = Callable[[], torch.Tensor]
 
 
-class _Sophia(torch.optim.Optimizer, TrainingHooks):
+class _Sophia(CopiesItsAttributes, torch.optim.Optimizer, TrainingHooks):
     """The update and the hook shared by SophiaG and SophiaH; subclasses estimate ĥ."""
 
     _name = "Sophia"

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from optarena.optim import get_spec
+from optarena.optim.matrix_family import MatrixOptimizer
 from test_battery import NAMES, Problem, TinyNet, build, each_optimizer, snapshot, train_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore:SophiaG")
@@ -77,6 +78,33 @@ def test_a_named_param_group_can_be_added_next_to_the_built_ones(name: str) -> N
     before = extra.detach().clone()
     train_steps(opt, problem, 3)
     assert not torch.equal(before, extra), f"{name}: the added group was never updated"
+
+
+MATRIX_FAMILY = [n for n in NAMES if issubclass(get_spec(n).cls, MatrixOptimizer)]
+
+
+@pytest.mark.parametrize("name", MATRIX_FAMILY)
+def test_a_group_added_to_the_matrix_family_gets_the_rule_its_matrix_key_says(name: str) -> None:
+    problem = tiny_problem()
+    opt = build(name, problem.model)
+    with pytest.raises(ValueError, match=r"matrix groups take tensors with ndim >= 2, got shape \(3,\)"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(3))]})
+    assert len(opt.param_groups) == len(build(name, tiny_problem().model).param_groups)
+    opt.add_param_group({"params": [nn.Parameter(torch.zeros(3))], "matrix": False, "lr": 1e-3})
+    assert opt.param_groups[-1]["matrix"] is False
+
+
+def test_drop_muon_turns_added_auto_matrices_into_new_top_layers() -> None:
+    from optarena.optim import DropMuon
+
+    first, second = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4, 4))
+    opt = DropMuon([first])
+    opt.add_param_group({"params": [second]})
+    assert opt.num_layers == 2
+    fixed = DropMuon([{"params": [first], "layer": 0}], start_probs=[1.0])
+    with pytest.raises(ValueError, match="start_probs"):
+        fixed.add_param_group({"params": [second], "layer": 1})
+    assert len(fixed.param_groups) == 1 and fixed.num_layers == 1
 
 
 # --- zero-element parameters -----------------------------------------------------------------------

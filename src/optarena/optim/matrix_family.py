@@ -79,16 +79,30 @@ class MatrixOptimizer(CopiesItsAttributes, torch.optim.Optimizer):
                     "matrix": True}
         self._check_group(defaults)
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            self._check_group(group)
-            if group["matrix"] and not self.vector_ok:
-                for p in group["params"]:
-                    if p.ndim < 2:
-                        raise ValueError(
-                            f"{type(self).__name__} matrix groups take tensors with ndim >= 2, got shape "
-                            f"{tuple(p.shape)}; put biases, gains and embeddings in a group with matrix=False"
-                            + self._create_hint()
-                        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (torch's contract); like the constructor's groups it takes the defaults it does not set.
+
+        A plain ``{"params": [...]}`` thus gets the matrix rule with the optimizer's ``lr``; a
+        group with ``matrix=False`` gets the AdamW rule (give it its own ``lr``).
+        """
+        super().add_param_group(param_group)
+        try:
+            self._check_new_group(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()  # a refused group leaves the optimizer as it was
+            raise
+
+    def _check_new_group(self, group: dict[str, Any]) -> None:
+        self._check_group(group)
+        if group["matrix"] and not self.vector_ok:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(
+                        f"{type(self).__name__} matrix groups take tensors with ndim >= 2, got shape "
+                        f"{tuple(p.shape)}; put biases, gains and embeddings in a group with matrix=False"
+                        + self._create_hint()
+                    )
 
     def _create_hint(self) -> str:
         name = registered_name(type(self))
@@ -273,12 +287,12 @@ def matrix_param_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, 
     ``args`` carries ``adamw_lr`` and ``adamw_weight_decay`` (the builder defaults of the family).
     """
     groups = [
-        {"params": [p for _, p in partition.hidden], "param_names": [n for n, _ in partition.hidden],
+        {"params": [p for _, p in partition.hidden], "names": [n for n, _ in partition.hidden],
          "matrix": True},
         {"params": [p for _, p in partition.embedding + partition.readout],
-         "param_names": [n for n, _ in partition.embedding + partition.readout],
+         "names": [n for n, _ in partition.embedding + partition.readout],
          "matrix": False, "lr": args["adamw_lr"], "weight_decay": args["adamw_weight_decay"]},
-        {"params": [p for _, p in partition.vector], "param_names": [n for n, _ in partition.vector],
+        {"params": [p for _, p in partition.vector], "names": [n for n, _ in partition.vector],
          "matrix": False, "lr": args["adamw_lr"], "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]

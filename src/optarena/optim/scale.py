@@ -140,13 +140,13 @@ class SCALE(GroupwiseOptimizer):
 def _scale_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, Any]]:
     """One group per role; vectors get ``adamw_lr`` and no weight decay."""
     groups = [
-        {"params": [p for _, p in partition.hidden], "param_names": [n for n, _ in partition.hidden],
+        {"params": [p for _, p in partition.hidden], "names": [n for n, _ in partition.hidden],
          "role": "hidden"},
-        {"params": [p for _, p in partition.embedding], "param_names": [n for n, _ in partition.embedding],
+        {"params": [p for _, p in partition.embedding], "names": [n for n, _ in partition.embedding],
          "role": "embedding"},
-        {"params": [p for _, p in partition.readout], "param_names": [n for n, _ in partition.readout],
+        {"params": [p for _, p in partition.readout], "names": [n for n, _ in partition.readout],
          "role": "readout"},
-        {"params": [p for _, p in partition.vector], "param_names": [n for n, _ in partition.vector],
+        {"params": [p for _, p in partition.vector], "names": [n for n, _ in partition.vector],
          "role": "vector", "lr": args["adamw_lr"], "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]

@@ -22,10 +22,10 @@ def check_float(optimizer_name: str, p: torch.Tensor) -> None:
 
 
 def collect_grads(optimizer_name: str, params: Iterable[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Parameters that have a gradient, and their gradients."""
+    """Parameters that have a gradient, and their gradients; zero-element tensors have nothing to update."""
     with_grad, grads = [], []
     for p in params:
-        if p.grad is None:
+        if p.grad is None or p.numel() == 0:
             continue
         check_float(optimizer_name, p)
         with_grad.append(p)

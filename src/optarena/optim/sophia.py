@@ -281,11 +281,12 @@ class SophiaH(_Sophia):
         ]  # a gradient without a graph means the loss is linear in that parameter: ĥ = 0
         if used:
             probes = []
-            for i in used:
+            for i in used:  # drawn in the logical order (not a strided parameter's memory order)
+                p = params[i]
                 if self.distribution == "gaussian":
-                    probes.append(torch.randn_like(params[i]))
+                    probes.append(torch.randn(p.shape, dtype=p.dtype, device=p.device))
                 else:
-                    probes.append(torch.randint_like(params[i], 0, 2).mul_(2).sub_(1))
+                    probes.append(torch.randint(0, 2, p.shape, dtype=p.dtype, device=p.device).mul_(2).sub_(1))
             hvps = torch.autograd.grad([grads[i] for i in used], [params[i] for i in used], grad_outputs=probes,
                                        allow_unused=True)
             for i, u, hu in zip(used, probes, hvps):

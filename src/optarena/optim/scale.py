@@ -50,6 +50,9 @@ __all__ = ["SCALE", "SCALE_ROLES"]
 SCALE_ROLES = ("hidden", "embedding", "readout", "vector", None)
 
 
+# Eager under torch.compile: in a whole step's graph, Inductor's CPU outer-loop fusion of these
+# reductions with the update fails to compile ("KeyError: 'buf..'" in get_read_expr, torch 2.13)
+@torch._dynamo.disable
 def _rms_normalize_step(p: torch.Tensor, direction: torch.Tensor, dim: int, lr: float, weight_decay: float) -> None:
     """θ <- θ (1 - lr wd) - lr direction / max(rms over ``dim``, 1e-8) on the (rows, -1) view."""
     d2 = direction.reshape(direction.shape[0], -1)

@@ -180,8 +180,7 @@ def _transposed_fc1(model: TinyNet) -> TinyNet:
     return model
 
 
-@pytest.mark.parametrize("name", each_optimizer("non_contiguous"))
-def test_a_non_contiguous_parameter_gets_its_contiguous_twins_update(name: str) -> None:
+def _check_twins(name: str, **extra: Any) -> None:
     runs = []
     for transposed in (False, True):
         torch.manual_seed(4)
@@ -189,11 +188,20 @@ def test_a_non_contiguous_parameter_gets_its_contiguous_twins_update(name: str) 
         if transposed:
             _transposed_fc1(model)
         problem = tiny_problem(model)
-        opt = build(name, model)
+        opt = build(name, model, **extra)
         train_steps(opt, problem, 4)
         runs.append(snapshot(model))
     for n in runs[0]:
         torch.testing.assert_close(runs[1][n], runs[0][n], rtol=1e-5, atol=1e-6, msg=f"{name}: {n}")
+
+
+@pytest.mark.parametrize("name", each_optimizer("non_contiguous"))
+def test_a_non_contiguous_parameter_gets_its_contiguous_twins_update(name: str) -> None:
+    _check_twins(name)
+
+
+def test_sophia_h_draws_rademacher_probes_in_the_logical_order_too() -> None:
+    _check_twins("sophia_h", distribution="rademacher")
 
 
 # --- torch.compile ---------------------------------------------------------------------------------

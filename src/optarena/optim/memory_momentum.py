@@ -241,7 +241,7 @@ def _am_adamw_tensor(
         if wd != 0:
             pb.mul_(1 - lr * wd)
         pb.addcdiv_(db, precond, value=-lr)
-    prod.mul_(beta)
+    prod.view(1).mul_(beta)  # through a view: torch.compile (2.13, CPU) drops in-place updates of 0-d float64 inputs
 
 
 _PAPER = Paper("Adaptive Memory Momentum via a Model-Based Framework for Deep Learning Optimization",

@@ -246,12 +246,16 @@ class MatrixOptimizer(CopiesItsAttributes, torch.optim.Optimizer):
     def _decay_and_add(p: torch.Tensor, update: torch.Tensor, lr: float, weight_decay: float, alpha: float) -> None:
         """``W <- W (1 - lr wd) + alpha U`` (decay and update back to back: the second pass finds W in cache).
 
-        ``alpha U`` is formed first: under ``torch.compile`` on CPU, Inductor drops the ``alpha`` of
+        Under ``torch.compile`` ``alpha U`` is formed first: on CPU, Inductor drops the ``alpha`` of
         ``p.add_(U, alpha=...)`` when ``U`` comes from a matmul with ``out=`` (Newton–Schulz's buffers).
+        Eager keeps the fused ``add_`` (its rounding is what the pinned trajectories record).
         """
         if weight_decay != 0:
             p.mul_(1 - lr * weight_decay)
-        p.add_(update * alpha)
+        if torch.compiler.is_compiling():
+            p.add_(update * alpha)
+        else:
+            p.add_(update, alpha=alpha)
 
 
 class NewtonSchulzOptimizer(MatrixOptimizer):

@@ -207,7 +207,7 @@ def test_sophia_h_draws_rademacher_probes_in_the_logical_order_too() -> None:
 # --- torch.compile ---------------------------------------------------------------------------------
 
 
-def _compile_run(name: str, compiled: bool, steps: int = 3) -> tuple[dict[str, torch.Tensor], list[int]]:
+def _compile_run(name: str, compiled: bool, steps: int = 4) -> tuple[dict[str, torch.Tensor], list[int]]:
     """Parameters after ``steps`` (float64), and the compiled graphs counted after each step."""
     torch.manual_seed(4)
     problem = tiny_problem(TinyNet(width=8).double())

@@ -8,8 +8,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 __all__ = [
-    "CopiesItsAttributes", "GroupwiseOptimizer", "adamw_rule", "check_float", "collect_grads", "group_by_device_dtype", "groups_with_grads",
-    "run_closure", "zeros_state",
+    "CopiesItsAttributes", "GroupwiseOptimizer", "adamw_rule", "check_float", "collect_grads", "group_by_device_dtype",
+    "groups_with_grads", "run_closure", "zeros_state",
 ]
 
 

@@ -5,7 +5,9 @@ tensors (ndim >= 2, conv weights included) get the subclass's ``_matrix_group`` 
 groups with ``matrix=False`` (embeddings, readout, biases, norm gains), which get AdamW
 (arXiv:1711.05101) with ``adamw_betas`` / ``adamw_eps`` and the group's own ``lr`` and
 ``weight_decay``, so one object serves a whole model. :func:`matrix_param_groups` builds
-those groups from a partitioned model (what ``create_optimizer`` does for the family).
+those groups from a partitioned model (what ``create_optimizer`` does for the family). A
+group added later with ``add_param_group`` follows the same rule: a plain ``{"params": [...]}``
+gets the matrix rule and the optimizer's ``lr``; ``matrix=False`` (with its own ``lr``) gets AdamW.
 
 The base validates every argument with a conventional name (``lr``, ``momentum``,
 ``weight_decay``, ``betas``, ``eps``, ``nesterov``, ...; :mod:`optarena.validation`) and the

@@ -25,7 +25,7 @@ def test_mup_lm_config_and_init():
     for name in ("wte.weight", "wpe.weight", "lm_head.weight"):
         assert torch.equal(after[name], before[name])  # output_mult carries the readout's 1/width
     groups = create_mup_optimizer("adamw", model, plan, lr=1e-2, weight_decay=0.1).param_groups
-    lr = {n: (g["lr"], g["weight_decay"]) for g in groups for n in g["param_names"]}
+    lr = {n: (g["lr"], g["weight_decay"]) for g in groups for n in g["names"]}
     assert lr["blocks.0.attn.k.weight"] == pytest.approx((2.5e-3, 0.2))
     assert lr["lm_head.weight"] == pytest.approx((1e-2, 0.1)) and lr["wte.weight"] == pytest.approx((1e-2, 0.1))
     assert lr["blocks.0.norm1.weight"] == pytest.approx((1e-2, 0.0))

@@ -162,7 +162,7 @@ def test_layer_key():
 def test_drop_muon_groups_follow_layers():
     model = _Stack()
     opt = create_optimizer("drop_muon", model)
-    layers = {tuple(g["param_names"]): g["layer"] for g in opt.param_groups}
+    layers = {tuple(g["names"]): g["layer"] for g in opt.param_groups}
     assert layers[("layers.2.1.weight",)] == 2
     assert layers[("layers.2.0.weight", "layers.2.0.bias", "layers.2.1.bias")] == 2
     assert layers[("embed.weight", "head.weight")] is None and layers[("head.bias",)] is None

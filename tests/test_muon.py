@@ -116,7 +116,7 @@ def test_create_optimizer_splits_a_model_and_the_adamw_rule_matches_torch():
     net = _Net()
     twin = copy.deepcopy(net)
     opt = create_optimizer("muon", net, adamw_lr=1e-2, adamw_weight_decay=0.1)
-    groups = {tuple(g["param_names"]): g for g in opt.param_groups}
+    groups = {tuple(g["names"]): g for g in opt.param_groups}
     assert groups[("fc1.weight", "fc2.weight")]["matrix"]
     tables = groups[("embed.weight", "head.weight")]
     vectors = groups[("fc1.bias", "fc2.bias")]

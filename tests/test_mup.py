@@ -110,7 +110,7 @@ def test_base_width_equals_width_gives_all_ones():
 def test_adamw_groups_carry_scaled_lr_and_weight_decay():
     model = MLP(32)
     groups = mup_param_groups(model, MLP(8), "adamw", lr=1e-2, weight_decay=0.1)
-    by_name = {(n, key): g[key] for g in groups for n in g["param_names"] for key in ("lr", "weight_decay")}
+    by_name = {(n, key): g[key] for g in groups for n in g["names"] for key in ("lr", "weight_decay")}
     expected = {
         "inp.weight": (1e-2, 0.1), "hid.weight": (2.5e-3, 0.2), "head.weight": (1e-2, 0.1),
         "inp.bias": (1e-2, 0.0), "hid.bias": (1e-2, 0.0), "head.bias": (1e-2, 0.0),  # no decay on vectors
@@ -125,20 +125,20 @@ def test_adamw_groups_carry_scaled_lr_and_weight_decay():
 
 def test_vector_like_weight_decay_override():
     groups = mup_param_groups(MLP(32), MLP(8), "adamw", lr=1e-2, weight_decay=0.1, vector_like_weight_decay=0.0)
-    wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
     assert wd["inp.weight"] == 0.1 and wd["hid.weight"] == pytest.approx(0.2) and wd["head.weight"] == 0.0
 
 
 def test_muon_groups_keep_matrix_flags_and_scale_conventions():
     model = MLP(32)
     groups = mup_param_groups(model, 8, "muon", lr=0.02, width=32, adamw_lr=3e-3)
-    lr = {n: (g["lr"], g["matrix"]) for g in groups for n in g["param_names"]}
+    lr = {n: (g["lr"], g["matrix"]) for g in groups for n in g["names"]}
     assert lr["hid.weight"] == (pytest.approx(0.02), True)
     assert lr["inp.weight"] == (pytest.approx(0.02 * 2 / math.sqrt(3.2)), True)
     assert lr["head.weight"] == (pytest.approx(3e-3), False)  # AdamW rule: vector-like under the multiplier
     # match_rms_adamw scales the update by 0.2 sqrt(max(rows, cols)): 0.2*8 vs 0.2*4 at the base -> lr x 1/2
     opt = create_mup_optimizer("muon", model, 8, width=32, lr=0.02, scale="match_rms_adamw")
-    hidden = next(g for g in opt.param_groups if "hid.weight" in g["param_names"])
+    hidden = next(g for g in opt.param_groups if "hid.weight" in g["names"])
     assert hidden["lr"] == pytest.approx(0.01)
 
 
@@ -149,7 +149,7 @@ def test_create_mup_optimizer_at_base_width_matches_create_optimizer():
         plain = create_optimizer(name, model, **hp)
         mup = create_mup_optimizer(name, model, MLP(16), **hp)
         settings = lambda opt: {n: (g["lr"], g.get("weight_decay"), g.get("matrix"))  # noqa: E731
-                                for g in opt.param_groups for n in g["param_names"]}
+                                for g in opt.param_groups for n in g["names"]}
         assert settings(mup) == settings(plain)
         assert type(mup) is type(plain)
 

@@ -70,7 +70,7 @@ def test_muon_from_a_model_splits_rules_and_learning_rates():
     groups = [(g["matrix"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
     assert groups[0] == (True, 0.03, 0.0)
     assert all(matrix is False and lr == 1e-3 for matrix, lr, _ in groups[1:])
-    names = [n for g in optimizer.param_groups for n in g["param_names"]]
+    names = [n for g in optimizer.param_groups for n in g["names"]]
     assert len(names) == len(set(names)) == len(list(model.parameters()))
     # elementwise optimizers: no weight decay on vectors
     adamw = create_optimizer("adamw", model, weight_decay=0.1)

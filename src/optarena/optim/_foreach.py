@@ -8,8 +8,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 __all__ = [
-    "GroupwiseOptimizer", "adamw_rule", "check_float", "collect_grads", "group_by_device_dtype", "groups_with_grads",
-    "run_closure", "zeros_state",
+    "CopiesItsAttributes", "GroupwiseOptimizer", "adamw_rule", "check_float", "collect_grads", "group_by_device_dtype",
+    "groups_with_grads", "run_closure", "zeros_state",
 ]
 
 
@@ -22,10 +22,10 @@ def check_float(optimizer_name: str, p: torch.Tensor) -> None:
 
 
 def collect_grads(optimizer_name: str, params: Iterable[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Parameters that have a gradient, and their gradients."""
+    """Parameters that have a gradient, and their gradients; zero-element tensors have nothing to update."""
     with_grad, grads = [], []
     for p in params:
-        if p.grad is None:
+        if p.grad is None or p.numel() == 0:
             continue
         check_float(optimizer_name, p)
         with_grad.append(p)
@@ -49,6 +49,27 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
         return None
     with torch.enable_grad():
         return closure()
+
+
+# what torch.optim.Optimizer sets on itself; its __getstate__ keeps only defaults, state and param_groups
+_TORCH_ATTRIBUTES = frozenset(vars(torch.optim.Optimizer([torch.zeros(1)], {}))) | {
+    "_warned_capturable_if_run_uncaptured"
+}
+
+
+class CopiesItsAttributes:
+    """Mixin (before ``torch.optim.Optimizer``): ``copy.deepcopy`` and pickling keep the subclass's attributes.
+
+    torch's ``Optimizer.__getstate__`` keeps ``defaults``, ``state`` and ``param_groups`` only,
+    so an attribute set in ``__init__`` (a generator, an optimizer-wide coefficient, registered
+    hooks) would be missing from the copy. torch's own attributes (its hook dictionaries) are
+    left out as torch leaves them out.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        state.update({k: v for k, v in vars(self).items() if k not in _TORCH_ATTRIBUTES})
+        return state
 
 
 class GroupwiseOptimizer(torch.optim.Optimizer):

@@ -29,6 +29,9 @@ models). Vectors (norm gains, biases) under the same prefix belong to that layer
 Embeddings, the readout and the other vectors have ``layer=None``: updated every step
 (AdamW rule). With bare parameters (``layer="auto"``, the default) each matrix-group
 tensor is its own layer, in the order given; an ``int`` makes the whole group one layer.
+A group added later with ``add_param_group`` joins the layers at once: its ``layer`` key as
+above; without one it is updated every step (``layer=None``) where the layers are numbered,
+and its matrices become new top layers where they are ``"auto"``.
 """
 
 from __future__ import annotations
@@ -92,6 +95,27 @@ class DropMuon(Muon, TrainingHooks):
         self._generator = torch.Generator().manual_seed(seed)
         self._active: set[int] | None = None  # ids of the params updated at the pending step
         self._frozen: list[torch.Tensor] = []  # params whose requires_grad we switched off
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``; the new group joins the layers (see the module docstring)."""
+        if "_layers" not in vars(self):  # the constructor's groups
+            super().add_param_group(param_group)
+            return
+        if "layer" not in param_group and any(isinstance(g["layer"], int) for g in self.param_groups):
+            param_group = {**param_group, "layer": None}
+        super().add_param_group(param_group)
+        try:
+            layers = self._build_layers()
+            if self._start_probs is not None and len(layers) != len(self._layers):
+                raise ValueError(
+                    f"DropMuon start_probs has one probability per layer ({len(self._layers)}); a group that "
+                    f"adds layers needs new start_probs, or layer=None (updated every step), got "
+                    f"layer={self.param_groups[-1]['layer']!r}"
+                )
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        self._layers = layers
 
     def _build_layers(self) -> list[list[torch.Tensor]]:
         explicit: dict[int, list[torch.Tensor]] = {}
@@ -188,18 +212,18 @@ def _drop_muon_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, An
         (layer_vectors.setdefault(index, []) if index is not None else free_vectors).append((name, p))
     groups: list[dict[str, Any]] = []
     for index, named in sorted(hidden.items()):
-        groups.append({"params": [p for _, p in named], "param_names": [n for n, _ in named], "matrix": True,
+        groups.append({"params": [p for _, p in named], "names": [n for n, _ in named], "matrix": True,
                        "layer": index})
         if index in layer_vectors:
             named_v = layer_vectors[index]
-            groups.append({"params": [p for _, p in named_v], "param_names": [n for n, _ in named_v],
+            groups.append({"params": [p for _, p in named_v], "names": [n for n, _ in named_v],
                            "matrix": False, "layer": index, "lr": args["adamw_lr"], "weight_decay": 0.0})
     tables = partition.embedding + partition.readout
     if tables:
-        groups.append({"params": [p for _, p in tables], "param_names": [n for n, _ in tables], "matrix": False,
+        groups.append({"params": [p for _, p in tables], "names": [n for n, _ in tables], "matrix": False,
                        "layer": None, "lr": args["adamw_lr"], "weight_decay": args["adamw_weight_decay"]})
     if free_vectors:
-        groups.append({"params": [p for _, p in free_vectors], "param_names": [n for n, _ in free_vectors],
+        groups.append({"params": [p for _, p in free_vectors], "names": [n for n, _ in free_vectors],
                        "matrix": False, "layer": None, "lr": args["adamw_lr"], "weight_decay": 0.0})
     return groups
 

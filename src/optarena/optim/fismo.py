@@ -115,7 +115,13 @@ class FISMO(NewtonSchulzOptimizer):
                 state[f"{side}_inv_sqrt"] = eye.clone()
 
     def _refresh_factors(self, state: dict[str, Any], G: torch.Tensor, group: dict[str, Any]) -> None:
-        """One Gauss–Seidel sweep of the factor EMA: P with the old Q, then Q with the new P."""
+        """One Gauss–Seidel sweep of the factor EMA: P with the old Q, then Q with the new P.
+
+        A non-finite gradient leaves the factors as they are (``eigh`` cannot take it); it
+        reaches the parameter through the momentum, as in Muon.
+        """
+        if not bool(torch.isfinite(G).all()):
+            return
         m, n = G.shape
         gamma, mu = group["factor_decay"], group["damping"]
         P_inv = None

@@ -227,7 +227,8 @@ class FRUGAL(MatrixOptimizer):
                 residual = (work - self._up(state, low, work.shape)).to(p.dtype)
             rule = group["inactive_update_rule"]
             if rule == "sign_sgd":
-                p.add_(residual.sign().view_as(p), alpha=-free_lr)
+                # + 0 residual: a NaN or inf gradient reaches θ (torch.sign(NaN) is 0)
+                p.add_(residual.sign().add_(residual, alpha=0).view_as(p), alpha=-free_lr)
             elif rule == "sgd":
                 p.add_(residual.view_as(p), alpha=-free_lr)
 

@@ -135,8 +135,8 @@ def _lion_single_tensor(
     beta1, beta2 = betas
     for p, g, m in zip(params, grads, exp_avgs):
         p.mul_(1 - lr * weight_decay)
-        if kappa == "sign":
-            p.add_(torch.lerp(m, g, 1 - beta1).sign_(), alpha=-lr)
+        if kappa == "sign":  # + 0 g: a NaN or inf gradient reaches θ (torch.sign(NaN) is 0)
+            p.add_(torch.lerp(m, g, 1 - beta1).sign_().add_(g, alpha=0), alpha=-lr)
         else:
             (direction,) = kappa_direction([torch.lerp(m, g, 1 - beta1)], kappa, kappa_eps)
             p.add_(direction, alpha=-lr)
@@ -153,6 +153,8 @@ def _lion_foreach(
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     update = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
     update = kappa_direction(update, kappa, kappa_eps)
+    if kappa == "sign":  # + 0 g: a NaN or inf gradient reaches θ (torch.sign(NaN) is 0)
+        torch._foreach_add_(update, grads, alpha=0)
     torch._foreach_add_(params, update, alpha=-lr)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
 

@@ -5,7 +5,9 @@ tensors (ndim >= 2, conv weights included) get the subclass's ``_matrix_group`` 
 groups with ``matrix=False`` (embeddings, readout, biases, norm gains), which get AdamW
 (arXiv:1711.05101) with ``adamw_betas`` / ``adamw_eps`` and the group's own ``lr`` and
 ``weight_decay``, so one object serves a whole model. :func:`matrix_param_groups` builds
-those groups from a partitioned model (what ``create_optimizer`` does for the family).
+those groups from a partitioned model (what ``create_optimizer`` does for the family). A
+group added later with ``add_param_group`` follows the same rule: a plain ``{"params": [...]}``
+gets the matrix rule and the optimizer's ``lr``; ``matrix=False`` (with its own ``lr``) gets AdamW.
 
 The base validates every argument with a conventional name (``lr``, ``momentum``,
 ``weight_decay``, ``betas``, ``eps``, ``nesterov``, ...; :mod:`optarena.validation`) and the
@@ -22,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import adamw_rule, collect_grads, run_closure, zeros_state
+from optarena.optim._foreach import CopiesItsAttributes, adamw_rule, collect_grads, run_closure, zeros_state
 from optarena.optim.orthogonalize import MUON_COEFFICIENTS, ORTHOGONALIZATION_METHODS, orthogonalize_many
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register, registered_name
 from optarena.validation import check_choice, check_conventional, check_int
@@ -48,7 +50,7 @@ def check_ns(owner: str, ns_steps: Any, ns_coefficients: Any, ns_method: Any = "
     check_choice(owner, "ns_method", ns_method, NS_METHODS)
 
 
-class MatrixOptimizer(torch.optim.Optimizer):
+class MatrixOptimizer(CopiesItsAttributes, torch.optim.Optimizer):
     """Base of the Muon family: ``matrix=True`` groups get the subclass's rule, the rest AdamW.
 
     Subclasses implement ``_matrix_group(group)`` (and may set ``vector_ok`` when their
@@ -79,16 +81,30 @@ class MatrixOptimizer(torch.optim.Optimizer):
                     "matrix": True}
         self._check_group(defaults)
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            self._check_group(group)
-            if group["matrix"] and not self.vector_ok:
-                for p in group["params"]:
-                    if p.ndim < 2:
-                        raise ValueError(
-                            f"{type(self).__name__} matrix groups take tensors with ndim >= 2, got shape "
-                            f"{tuple(p.shape)}; put biases, gains and embeddings in a group with matrix=False"
-                            + self._create_hint()
-                        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (torch's contract); like the constructor's groups it takes the defaults it does not set.
+
+        A plain ``{"params": [...]}`` thus gets the matrix rule with the optimizer's ``lr``; a
+        group with ``matrix=False`` gets the AdamW rule (give it its own ``lr``).
+        """
+        super().add_param_group(param_group)
+        try:
+            self._check_new_group(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()  # a refused group leaves the optimizer as it was
+            raise
+
+    def _check_new_group(self, group: dict[str, Any]) -> None:
+        self._check_group(group)
+        if group["matrix"] and not self.vector_ok:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(
+                        f"{type(self).__name__} matrix groups take tensors with ndim >= 2, got shape "
+                        f"{tuple(p.shape)}; put biases, gains and embeddings in a group with matrix=False"
+                        + self._create_hint()
+                    )
 
     def _create_hint(self) -> str:
         name = registered_name(type(self))
@@ -230,10 +246,18 @@ class MatrixOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _decay_and_add(p: torch.Tensor, update: torch.Tensor, lr: float, weight_decay: float, alpha: float) -> None:
-        """``W <- W (1 - lr wd) + alpha U`` (decay and update back to back: the second pass finds W in cache)."""
+        """``W <- W (1 - lr wd) + alpha U`` (decay and update back to back: the second pass finds W in cache).
+
+        Under ``torch.compile`` ``alpha U`` is formed first: on CPU, Inductor drops the ``alpha`` of
+        ``p.add_(U, alpha=...)`` when ``U`` comes from a matmul with ``out=`` (Newton–Schulz's buffers).
+        Eager keeps the fused ``add_`` (its rounding is what the pinned trajectories record).
+        """
         if weight_decay != 0:
             p.mul_(1 - lr * weight_decay)
-        p.add_(update, alpha=alpha)
+        if torch.compiler.is_compiling():
+            p.add_(update * alpha)
+        else:
+            p.add_(update, alpha=alpha)
 
 
 class NewtonSchulzOptimizer(MatrixOptimizer):
@@ -273,12 +297,12 @@ def matrix_param_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, 
     ``args`` carries ``adamw_lr`` and ``adamw_weight_decay`` (the builder defaults of the family).
     """
     groups = [
-        {"params": [p for _, p in partition.hidden], "param_names": [n for n, _ in partition.hidden],
+        {"params": [p for _, p in partition.hidden], "names": [n for n, _ in partition.hidden],
          "matrix": True},
         {"params": [p for _, p in partition.embedding + partition.readout],
-         "param_names": [n for n, _ in partition.embedding + partition.readout],
+         "names": [n for n, _ in partition.embedding + partition.readout],
          "matrix": False, "lr": args["adamw_lr"], "weight_decay": args["adamw_weight_decay"]},
-        {"params": [p for _, p in partition.vector], "param_names": [n for n, _ in partition.vector],
+        {"params": [p for _, p in partition.vector], "names": [n for n, _ in partition.vector],
          "matrix": False, "lr": args["adamw_lr"], "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import GroupwiseOptimizer, groups_with_grads, run_closure
+from optarena.optim._foreach import CopiesItsAttributes, GroupwiseOptimizer, groups_with_grads, run_closure
 from optarena.optim.kernels import flat_slices
 from optarena.optim.kernels.memory import AMSGDPasses, am_adamw_fused_step
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -59,7 +59,7 @@ def _check_lambda_beta(name: str, model_lambda: float, beta_max: float) -> None:
     check_unit_interval(name, "beta_max", beta_max)
 
 
-class AMSGD(torch.optim.Optimizer):
+class AMSGD(CopiesItsAttributes, torch.optim.Optimizer):
     """AM-SGD: SGD whose momentum coefficient comes from a two-plane model (see module docstring).
 
     Args:
@@ -241,7 +241,7 @@ def _am_adamw_tensor(
         if wd != 0:
             pb.mul_(1 - lr * wd)
         pb.addcdiv_(db, precond, value=-lr)
-    prod.mul_(beta)
+    prod.view(1).mul_(beta)  # through a view: torch.compile (2.13, CPU) drops in-place updates of 0-d float64 inputs
 
 
 _PAPER = Paper("Adaptive Memory Momentum via a Model-Based Framework for Deep Learning Optimization",

@@ -50,6 +50,7 @@ statistics of several forward passes before one step are averaged.
 
 from __future__ import annotations
 
+import copy
 import warnings
 import weakref
 from typing import Any, Iterable
@@ -123,8 +124,9 @@ class MKOR(MatrixOptimizer):
         )
         super().__init__(groups, defaults, adamw_eps=adamw_eps, **kwargs)
         self._steps = 0  # completed steps (decides when statistics are collected)
-        self._stats: dict[int, dict[str, Any]] = {}  # id(weight) -> running sums of a_bar, d_bar
-        self._layers: dict[int, nn.Linear] = {}  # id(weight) -> module
+        # keyed by the weight tensor itself (hashed by identity), so that a deep copy maps them to the copies
+        self._stats: dict[torch.Tensor, dict[str, Any]] = {}  # weight -> running sums of a_bar, d_bar
+        self._layers: dict[torch.Tensor, nn.Linear] = {}  # weight -> module
         self._handles: list[Any] = []
         if model is None:
             warnings.warn(
@@ -139,16 +141,10 @@ class MKOR(MatrixOptimizer):
     # ---- hooks ----
     def _attach(self, model: nn.Module) -> None:
         wanted = {id(p) for g in self.param_groups if g["matrix"] for p in g["params"]}
-        owner = weakref.ref(self)  # the model must not keep a discarded optimizer alive
-
-        def hook(module: nn.Linear, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-            optimizer = owner()
-            if optimizer is not None:
-                optimizer._forward_hook(module, inputs, output)
-
+        hook = _LayerHook(self)
         for module in model.modules():
-            if isinstance(module, nn.Linear) and id(module.weight) in wanted and id(module.weight) not in self._layers:
-                self._layers[id(module.weight)] = module
+            if isinstance(module, nn.Linear) and id(module.weight) in wanted and module.weight not in self._layers:
+                self._layers[module.weight] = module
                 self._handles.append(module.register_forward_hook(hook))
 
     def remove_hooks(self) -> None:
@@ -166,14 +162,14 @@ class MKOR(MatrixOptimizer):
         return self._steps % group["inv_freq"] == 0 or self._steps < group["warmup_steps"]
 
     def _forward_hook(self, module: nn.Linear, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        if not torch.is_grad_enabled() or not output.requires_grad:
-            return
+        if not torch.is_grad_enabled() or not output.requires_grad or self._layers.get(module.weight) is not module:
+            return  # (a module of a copied model whose optimizer is gone: nothing to record)
         group = self._group_of(module.weight)
         if not self._collecting(group):
             return
         clip = group["clipping_value"]
         x = inputs[0].detach().reshape(-1, module.in_features).float()
-        stats = self._stats.setdefault(id(module.weight), {"a": 0.0, "d": 0.0, "na": 0, "nd": 0})
+        stats = self._stats.setdefault(module.weight, {"a": 0.0, "d": 0.0, "na": 0, "nd": 0})
         stats["a"] = stats["a"] + x.clamp(-clip, clip).mean(dim=0)
         stats["na"] += 1
 
@@ -200,10 +196,9 @@ class MKOR(MatrixOptimizer):
                 state["reset_A_inv"] = state["reset_G_inv"] = True
 
     def _update_factors(self) -> None:
-        for wid, stats in self._stats.items():
+        for weight, stats in self._stats.items():
             if not stats["na"] or not stats["nd"]:
                 continue
-            weight = self._layers[wid].weight
             state = self.state[weight]
             group = self._group_of(weight)
             # input side first, then output side (the reference's order: a reset raised by A resets G at once)
@@ -213,7 +208,7 @@ class MKOR(MatrixOptimizer):
 
     def _precondition(self, p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         state = self.state[p]
-        if id(p) not in self._layers or "A_inv" not in state:
+        if p not in self._layers or "A_inv" not in state:
             return grad
         work = grad.float()
         direction = state["G_inv"] @ work @ state["A_inv"]
@@ -322,6 +317,26 @@ class MKORH(MKOR, TrainingHooks):
         if extra["switched"] and not self.switched:
             self._switch()
             self.switch_step = extra["switch_step"]
+
+
+class _LayerHook:
+    """The forward hook MKOR puts on each layer; holds its optimizer weakly (a model must not keep it alive).
+
+    ``copy.deepcopy`` of the model copies the optimizer along with it (the copy hooks the
+    copied layers); where the copied optimizer is not kept elsewhere, the hook does nothing.
+    """
+
+    def __init__(self, optimizer: MKOR | None) -> None:
+        self._owner = weakref.ref(optimizer) if optimizer is not None else (lambda: None)
+
+    def __call__(self, module: nn.Linear, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        optimizer = self._owner()
+        if optimizer is not None:
+            optimizer._forward_hook(module, inputs, output)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _LayerHook:
+        optimizer = self._owner()
+        return _LayerHook(copy.deepcopy(optimizer, memo) if optimizer is not None else None)
 
 
 def _take_model(params: Any, model: nn.Module | None) -> tuple[list[Any], nn.Module | None]:

@@ -160,10 +160,10 @@ def get_spec(name: str) -> OptimizerSpec:
 
 def decay_groups(partition: ParameterPartition, hparams: dict[str, Any]) -> list[dict[str, Any]]:
     """Default grouping for element-wise optimizers: no weight decay on vectors (biases, gains)."""
-    groups = [{"params": partition.matrices(), "param_names": partition.matrix_names()}]
+    groups = [{"params": partition.matrices(), "names": partition.matrix_names()}]
     if partition.vector:
         groups.append(
-            {"params": [p for _, p in partition.vector], "param_names": [n for n, _ in partition.vector],
+            {"params": [p for _, p in partition.vector], "names": [n for n, _ in partition.vector],
              "weight_decay": 0.0}
         )
     return [g for g in groups if g["params"]]
@@ -199,7 +199,9 @@ def create_optimizer(
     grouped the way the optimizer's paper prescribes (e.g. Muon on hidden matrices and
     its AdamW rule on embeddings, readout and vectors; no weight decay on vectors).
     With an iterable of tensors or param-group dicts they are passed through unchanged.
-    ``param_roles`` overrides the split by name (see :func:`partition_parameters`).
+    ``param_roles`` overrides the split by name (see :func:`partition_parameters`). Each
+    group built from a model lists its parameters' names under ``"names"`` (not torch's
+    ``"param_names"``, which would make ``add_param_group`` refuse a plain ``{"params": [...]}``).
     ``hparams`` override the registered defaults or set any other argument of the
     optimizer's constructor (e.g. ``foreach``, ``fused``); unknown keys fail with the valid ones.
     """

@@ -50,6 +50,9 @@ __all__ = ["SCALE", "SCALE_ROLES"]
 SCALE_ROLES = ("hidden", "embedding", "readout", "vector", None)
 
 
+# Eager under torch.compile: in a whole step's graph, Inductor's CPU outer-loop fusion of these
+# reductions with the update fails to compile ("KeyError: 'buf..'" in get_read_expr, torch 2.13)
+@torch._dynamo.disable
 def _rms_normalize_step(p: torch.Tensor, direction: torch.Tensor, dim: int, lr: float, weight_decay: float) -> None:
     """θ <- θ (1 - lr wd) - lr direction / max(rms over ``dim``, 1e-8) on the (rows, -1) view."""
     d2 = direction.reshape(direction.shape[0], -1)
@@ -140,13 +143,13 @@ class SCALE(GroupwiseOptimizer):
 def _scale_groups(partition: Any, args: dict[str, Any]) -> list[dict[str, Any]]:
     """One group per role; vectors get ``adamw_lr`` and no weight decay."""
     groups = [
-        {"params": [p for _, p in partition.hidden], "param_names": [n for n, _ in partition.hidden],
+        {"params": [p for _, p in partition.hidden], "names": [n for n, _ in partition.hidden],
          "role": "hidden"},
-        {"params": [p for _, p in partition.embedding], "param_names": [n for n, _ in partition.embedding],
+        {"params": [p for _, p in partition.embedding], "names": [n for n, _ in partition.embedding],
          "role": "embedding"},
-        {"params": [p for _, p in partition.readout], "param_names": [n for n, _ in partition.readout],
+        {"params": [p for _, p in partition.readout], "names": [n for n, _ in partition.readout],
          "role": "readout"},
-        {"params": [p for _, p in partition.vector], "param_names": [n for n, _ in partition.vector],
+        {"params": [p for _, p in partition.vector], "names": [n for n, _ in partition.vector],
          "role": "vector", "lr": args["adamw_lr"], "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optarena.optim._foreach import collect_grads, run_closure
+from optarena.optim._foreach import CopiesItsAttributes, collect_grads, run_closure
 from optarena.optim.kernels import ElementwiseUpdate, elementwise
 from optarena.optim.hooks import TrainingHooks
 from optarena.optim.registry import FloatRange, OptimizerSpec, Paper, register
@@ -65,7 +65,7 @@ __all__ = ["SophiaG", "SophiaH"]
 LossClosure = Callable[[], torch.Tensor]
 
 
-class _Sophia(torch.optim.Optimizer, TrainingHooks):
+class _Sophia(CopiesItsAttributes, torch.optim.Optimizer, TrainingHooks):
     """The update and the hook shared by SophiaG and SophiaH; subclasses estimate ĥ."""
 
     _name = "Sophia"
@@ -101,9 +101,16 @@ class _Sophia(torch.optim.Optimizer, TrainingHooks):
         self, loss_closure: LossClosure, sampled_loss_closure: LossClosure | None = None,
         *, batch_size: int | None = None,
     ) -> torch.Tensor:
-        """Refresh the Hessian EMA from one estimate; returns the (detached) loss it used."""
+        """Refresh the Hessian EMA from one estimate; returns the (detached) loss it used.
+
+        Non-finite parameters (a non-finite gradient reached them) are left as they are and
+        the result is NaN: the loss closures cannot be trusted on them (sampling labels fails).
+        A non-finite estimate makes the Hessian EMA NaN where it is, so the next step shows it.
+        """
         pairs = [(p, g["betas"][1]) for g in self.param_groups for p in g["params"] if p.requires_grad]
         params = [p for p, _ in pairs]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            return torch.tensor(float("nan"))
         with torch.enable_grad():
             loss, estimates = self._estimate(params, loss_closure, sampled_loss_closure, batch_size)
         with torch.no_grad():
@@ -112,7 +119,8 @@ class _Sophia(torch.optim.Optimizer, TrainingHooks):
                     continue
                 if "hessian" not in self.state[p]:
                     self._init_state(p)
-                self.state[p]["hessian"].lerp_(est.to(p.dtype), 1 - beta2)
+                est = est.to(p.dtype)
+                self.state[p]["hessian"].lerp_(est, 1 - beta2).add_(est, alpha=0)  # NaN where est is not finite
         return loss.detach()
 
     def _estimate(
@@ -153,7 +161,7 @@ def _sophia_single_tensor(
             p.mul_(1 - lr * weight_decay)
         m.lerp_(g, 1 - beta1)
         ratio = m / h.clamp_min(eps / rho)
-        p.add_(ratio.clamp_(-rho, rho), alpha=-lr / rho)
+        p.add_(ratio.clamp_(-rho, rho).add_(g, alpha=0), alpha=-lr / rho)  # + 0 g: an inf gradient reaches θ
 
 
 def _sophia_foreach(
@@ -172,6 +180,7 @@ def _sophia_foreach(
     else:
         torch._foreach_clamp_min_(ratio, -rho)
         torch._foreach_clamp_max_(ratio, rho)
+    torch._foreach_add_(ratio, grads, alpha=0)  # the clip maps an inf gradient to rho; + 0 g makes θ NaN
     torch._foreach_add_(params, ratio, alpha=-lr / rho)
 
 
@@ -281,11 +290,12 @@ class SophiaH(_Sophia):
         ]  # a gradient without a graph means the loss is linear in that parameter: ĥ = 0
         if used:
             probes = []
-            for i in used:
+            for i in used:  # drawn in the logical order (not a strided parameter's memory order)
+                p = params[i]
                 if self.distribution == "gaussian":
-                    probes.append(torch.randn_like(params[i]))
+                    probes.append(torch.randn(p.shape, dtype=p.dtype, device=p.device))
                 else:
-                    probes.append(torch.randint_like(params[i], 0, 2).mul_(2).sub_(1))
+                    probes.append(torch.randint(0, 2, p.shape, dtype=p.dtype, device=p.device).mul_(2).sub_(1))
             hvps = torch.autograd.grad([grads[i] for i in used], [params[i] for i in used], grad_outputs=probes,
                                        allow_unused=True)
             for i, u, hu in zip(used, probes, hvps):

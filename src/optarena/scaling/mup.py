@@ -228,9 +228,9 @@ def scale_param_groups(
                     wd = vector_like_weight_decay
             key = (round(group_lr * scaling.lr_mult(rule, scale), 15), None if wd is None else round(wd, 15))
             buckets.setdefault(key, []).append((name, p))
-        rest = {k: v for k, v in group.items() if k not in ("params", "param_names", "lr", "weight_decay")}
+        rest = {k: v for k, v in group.items() if k not in ("params", "names", "lr", "weight_decay")}
         for (group_lr_scaled, wd), members in buckets.items():
-            new = {**rest, "params": [p for _, p in members], "param_names": [n for n, _ in members],
+            new = {**rest, "params": [p for _, p in members], "names": [n for n, _ in members],
                    "lr": group_lr_scaled}
             if wd is not None:
                 new["weight_decay"] = wd

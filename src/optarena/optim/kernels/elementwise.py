@@ -21,8 +21,11 @@ __all__ = ["adan", "classp", "lion", "sf_adamw", "sophia"]
 @fused_kernel(native=function("lion"))
 def lion(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, *, lr: torch.Tensor, beta1: torch.Tensor,
          beta2: torch.Tensor, weight_decay: torch.Tensor) -> None:
-    """Lion (sign map): θ <- θ (1 - lr wd) - lr sign(b1 m + (1 - b1) g);  m <- b2 m + (1 - b2) g."""
-    update = torch.sign(m * beta1 + g * (1 - beta1))
+    """Lion (sign map): θ <- θ (1 - lr wd) - lr sign(b1 m + (1 - b1) g);  m <- b2 m + (1 - b2) g.
+
+    ``g - g`` (0, or NaN for a NaN or inf gradient) lets a non-finite gradient reach θ: sign(NaN) is 0.
+    """
+    update = torch.sign(m * beta1 + g * (1 - beta1)) + (g - g)
     p.mul_(1 - lr * weight_decay).sub_(update * lr)
     m.mul_(beta2).add_(g * (1 - beta2))
 
@@ -51,7 +54,7 @@ def sophia(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, h: torch.Tensor, *
     """Sophia's clipped step: θ <- θ (1 - lr wd) - (lr / rho) clip(m / max(h, eps / rho), -rho, rho)."""
     p.mul_(1 - lr * weight_decay)
     m.mul_(beta1).add_(g * (1 - beta1))
-    ratio = torch.clamp(m / torch.clamp(h, min=eps / rho), min=-rho, max=rho)
+    ratio = torch.clamp(m / torch.clamp(h, min=eps / rho), min=-rho, max=rho) + (g - g)  # inf g reaches θ
     p.sub_(ratio * (lr / rho))
 
 

@@ -373,7 +373,8 @@ void optarena_am_adamw_update_f32(float *p, const float *g, float *d, const floa
 
 static inline float sign_of(float x) { return (float)((x > 0.0f) - (x < 0.0f)); } /* torch.sign, NaN -> 0 */
 
-/* Lion: θ <- θ (1 - lr wd) - lr sign(b1 m + (1 - b1) g);  m <- b2 m + (1 - b2) g. */
+/* Lion: θ <- θ (1 - lr wd) - lr sign(b1 m + (1 - b1) g);  m <- b2 m + (1 - b2) g.
+ * (g - g) is 0, or NaN for a NaN or inf gradient, which thus reaches θ (sign_of(NaN) is 0). */
 void optarena_lion_f32(float *p, const float *g, float *m, int64_t n, double lr, double beta1, double beta2,
                        double weight_decay, int threads) {
     const float b1 = (float)beta1, w1 = (float)(1.0 - beta1), b2 = (float)beta2, w2 = (float)(1.0 - beta2);
@@ -381,7 +382,7 @@ void optarena_lion_f32(float *p, const float *g, float *m, int64_t n, double lr,
 #pragma omp parallel for simd schedule(static) num_threads(threads)
     for (int64_t i = 0; i < n; ++i) {
         const float gi = g[i], mi = m[i];
-        p[i] = p[i] * keep - sign_of(mi * b1 + gi * w1) * step;
+        p[i] = p[i] * keep - (sign_of(mi * b1 + gi * w1) + (gi - gi)) * step;
         m[i] = mi * b2 + gi * w2;
     }
 }
@@ -417,11 +418,11 @@ void optarena_sophia_f32(float *p, const float *g, float *m, const float *h, int
     const float floor = (float)(eps / rho), r = (float)rho, step = (float)(lr / rho);
 #pragma omp parallel for simd schedule(static) num_threads(threads)
     for (int64_t i = 0; i < n; ++i) {
-        const float mi = m[i] * b1 + g[i] * w1;
+        const float gi = g[i], mi = m[i] * b1 + gi * w1;
         m[i] = mi;
         const float hi = h[i] < floor ? floor : h[i];
         const float q = mi / hi;
-        const float ratio = q < -r ? -r : (q > r ? r : q);
+        const float ratio = (q < -r ? -r : (q > r ? r : q)) + (gi - gi); /* an inf gradient reaches θ */
         p[i] = p[i] * keep - ratio * step;
     }
 }

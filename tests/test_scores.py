@@ -253,4 +253,4 @@ def test_report_shows_divergence_steps_failures_and_times(tmp_path):
     columns = [c.strip() for c in lines[header].strip("|").split("|")]
     row = [c.strip() for c in lines[header + 2].strip("|").split("|")]
     assert row[0] == "adamw" and row[columns.index("diverged at step")] == "4"
-    assert "Failed: adamw with lr=7: `ValueError: lr=7.0 is too large`." in report
+    assert "Failed: adamw, 1 run: `ValueError: lr=7.0 is too large`." in report

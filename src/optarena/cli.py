@@ -75,7 +75,9 @@ def one_line(error: BaseException | str) -> str:
 
 def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
     """A command whose unusable results database ends it with one line and exit code 2, wherever it is found."""
-    from optarena.arena.store import StoreError
+    import sqlalchemy as sa
+
+    from optarena.arena.store import StoreError, damaged, is_damaged, storage_url
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -83,6 +85,10 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except StoreError as err:
             _fail(str(err))
+        except sa.exc.DBAPIError as err:  # damage found past the checks on opening (a page read later)
+            if not is_damaged(err):
+                raise
+            _fail(damaged(storage_url(kwargs.get("storage"), kwargs.get("out", Path("arena-results"))), err))
 
     return wrapper
 

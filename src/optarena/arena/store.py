@@ -36,8 +36,8 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 
 __all__ = [
-    "Cell", "CurvePoint", "ResultStore", "RunRecord", "StoreError", "default_storage_url", "normalize_storage_url", "open_store",
-    "storage_url",
+    "Cell", "CurvePoint", "ResultStore", "RunRecord", "StoreError", "damaged", "default_storage_url", "is_damaged",
+    "normalize_storage_url", "open_store", "sqlite_path", "storage_url",
 ]
 
 _metadata = sa.MetaData()
@@ -164,8 +164,14 @@ def _describe(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _corrupt(error: BaseException) -> bool:
-    """A SQLite error that says the file is not a (whole) database."""
+def damaged(where: str, error: BaseException) -> str:
+    """What to tell the user about a results database that cannot be read."""
+    return (f"cannot read the results database {where} ({_describe(error)}); it is not an intact optarena database: "
+            f"move it away (a new one is created) or pass another --out/--storage")
+
+
+def is_damaged(error: BaseException) -> bool:
+    """Whether ``error`` says a SQLite file is not a (whole) database."""
     orig = getattr(error, "orig", error)
     return isinstance(orig, sqlite3.DatabaseError) and getattr(orig, "sqlite_errorname", "") in (
         "SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_CANTOPEN", "SQLITE_IOERR_SHORT_READ")
@@ -296,11 +302,9 @@ class ResultStore:
             if self.engine.dialect.name != "sqlite":
                 raise StoreError(f"cannot reach the database {self.where} ({_describe(err)}); check the URL and "
                                  f"that the server is running") from None
-            if not _corrupt(err):
+            if not is_damaged(err):
                 raise  # e.g. a lock held past the busy timeout: the caller may retry
-            raise StoreError(f"cannot read the results database {self.where} ({_describe(err)}); it is not an "
-                             f"intact optarena database: move it away (a new one is created) or pass another "
-                             f"--out/--storage") from None
+            raise StoreError(damaged(self.where, err)) from None
         ours = {t for t in present if t.startswith("optarena_")}
         foreign = sorted(present - ours - _OPTUNA_TABLES)
         if foreign and not ours:
@@ -313,6 +317,9 @@ class ResultStore:
                 raise StoreError(f"the read-only results database {self.where} lacks tables {missing}; "
                                  f"open it where it can be written to recreate them")
             return
+        if self.engine.dialect.name == "sqlite":  # stored in the file: readers do not block the writer (workers)
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         _metadata.create_all(self.engine)
         if missing and ours:  # some of ours were dropped by hand: drop the rows that pointed into them
             with self.engine.begin() as conn:
@@ -468,7 +475,6 @@ def _read_only_sqlite(path: Path) -> sqlite3.Connection:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer (parallel workers)
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 

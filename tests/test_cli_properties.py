@@ -6,6 +6,7 @@ Arguments mix valid values, near misses and garbage for every option. Training i
 checks cost; ``report`` and ``predict`` read a small real arena.
 """
 
+import importlib
 import json
 import os
 import traceback
@@ -87,7 +88,7 @@ def _check(args: list[str], tmp: Path, folders: dict[str, Path]) -> None:
         patch.chdir(tmp)
         patch.setattr("optarena.arena.runner.run_arena", _reached)
         patch.setattr("optarena.arena.trainer.train", _reached)
-        patch.setattr("optarena.scaling.coord_check.coord_check", _reached)
+        patch.setattr(importlib.import_module("optarena.scaling.coord_check"), "coord_check", _reached)
         result = runner.invoke(app, args)
     if isinstance(result.exception, Reached):
         return

@@ -120,6 +120,8 @@ QUICK = ["--workloads", "quadratic", "--optimizers", "adamw", "--trials", "1", "
     (["run", "--workload", "quadratic", "--schedule", "wsd:decay_fraction=2"], "got decay_fraction=2"),
     (["run", "--workload", "quadratic", "--hparams", "{lr: 1"], "--hparams must be a JSON object"),
     (["run", "--workload", "quadratic", "--storage", "notaurl"], "invalid storage URL"),
+    (["run", "--workload", "quadratic", "--hparams", '{"lr": -1}'], "lr"),
+    (["run", "--workload", "quadratic", "--optimizer", "drop_muon"], "DropMuon needs at least one layer"),
     (["coord-check", "--include", "(["], "--include must be a regular expression"),
     (["coord-check", "--optimizer", "adamx"], "unknown optimizer 'adamx'"),
     (["coord-check", "--widths", "16,x"], "--widths takes comma-separated integers"),

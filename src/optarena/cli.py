@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -232,6 +233,7 @@ def run(
     from optarena.arena.store import storage_url
     from optarena.arena.trainer import RunConfig, train
     from optarena.arena.workloads import get_workload
+    from optarena.optim import create_optimizer
     from optarena.schedules import make_schedule, parse_schedule
 
     try:
@@ -256,7 +258,10 @@ def run(
         total = config.resolved_steps()
         make_schedule(name, total, round(config.warmup_fraction * total), **options)
         _check_hparams(optimizer, overrides)
-    except (ValidationError, ValueError) as err:
+        with warnings.catch_warnings():  # built only to check the values; train() builds and warns again
+            warnings.simplefilter("ignore")
+            create_optimizer(optimizer, spec.build(chosen_scale, seed).model, **overrides)
+    except (ValidationError, ValueError, TypeError) as err:
         _fail(one_line(err))
     store = _open(storage_url(storage, out))
     with console.status(f"training {optimizer} on {workload}/{chosen_scale}"):

@@ -176,3 +176,9 @@ def test_report_shows_failure_reasons_again(no_hidden_matrix):
     result = runner.invoke(app, ["report", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "drop_muon: 2 runs failed: ValueError: DropMuon" in " ".join(result.output.split())
+
+
+def test_predict_refuses_a_folder_as_its_plot(tmp_path):
+    result = runner.invoke(app, ["predict", "--out", str(tmp_path), "--fit", "1", "--plot", str(tmp_path)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "is a folder; name a PNG file" in " ".join(result.output.split())

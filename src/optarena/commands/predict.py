@@ -107,6 +107,8 @@ def predict_command(
             fail(f"--{what} takes comma-separated run ids, got {text!r}")
             return []
 
+    if plot is not None and plot.is_dir():
+        fail(f"--plot {str(plot)!r} is a folder; name a PNG file, e.g. {str(plot / 'predict.png')!r}")
     url = storage or default_storage_url(out)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         fail(f"no results database at {url}; record runs first (optarena run / optarena arena --out {out})")

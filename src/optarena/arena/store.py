@@ -304,6 +304,11 @@ class ResultStore:
                                  f"that the server is running") from None
             if not is_damaged(err):
                 raise  # e.g. a lock held past the busy timeout: the caller may retry
+            wal = Path(self.where + "-wal")
+            if self.read_only and wal.exists() and wal.stat().st_size > 0:
+                raise StoreError(f"the read-only results database {self.where} has results still in {wal.name} "
+                                 f"({_describe(err)}); open the folder once where it can be written (e.g. a copy) "
+                                 f"to fold them in") from None
             raise StoreError(damaged(self.where, err)) from None
         ours = {t for t in present if t.startswith("optarena_")}
         foreign = sorted(present - ours - _OPTUNA_TABLES)
@@ -325,8 +330,9 @@ class ResultStore:
             with self.engine.begin() as conn:
                 runs = sa.select(runs_table.c.id)
                 conn.execute(sa.delete(curve_table).where(curve_table.c.run_id.not_in(runs)))
+                studies = sa.select(study_table.c.name)
                 conn.execute(sa.delete(study_run_table).where(
-                    study_run_table.c.run_id.not_in(runs) | study_run_table.c.study.not_in(sa.select(study_table.c.name))))
+                    study_run_table.c.run_id.not_in(runs) | study_run_table.c.study.not_in(studies)))
             self.notes.append(f"{self.where}: recreated the missing tables {', '.join(missing)}; the runs they "
                               f"held will be trained again")
 

@@ -267,7 +267,7 @@ def _summarize_optimizer(name: str, entries: list[tuple[str, int | None, RunReco
 
 
 def uses_matrix_rule(optimizer: str) -> bool:
-    """Whether ``optimizer`` applies its own rule to hidden matrices only (AdamW's to the rest): the Muon family, MKOR."""
+    """Whether ``optimizer`` applies its rule to hidden matrices only, AdamW's to the rest (Muon's family, MKOR)."""
     from optarena.optim import get_spec
 
     try:

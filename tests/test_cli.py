@@ -94,3 +94,91 @@ def test_arena_parametrization_switch_reaches_the_runs(tmp_path):
     assert '"parametrization": "mup"' in config and '"attn_scale": "mup"' in config
     bad = runner.invoke(app, ["arena", "--parametrization", "mu"])
     assert bad.exit_code == 2 and "parametrization" in bad.output
+
+
+QUICK = ["--workloads", "quadratic", "--optimizers", "adamw", "--trials", "1", "--seeds", "1", "--steps", "2"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["arena", *QUICK, "--schedule", "wsd:decay_fraction=abc"], "decay_fraction must be a finite number in [0, 1]"),
+    (["arena", *QUICK, "--schedule", "wsd:decay_fraction=2"], "got decay_fraction=2"),
+    (["arena", *QUICK, "--schedule", "wsd:decay_fraction=-1"], "got decay_fraction=-1"),
+    (["arena", *QUICK, "--schedule", "wsd:decay_fraction=nan"], "got decay_fraction=nan"),
+    (["arena", *QUICK, "--schedule", "wsd:bogus=1"], "has no option 'bogus'"),
+    (["arena", *QUICK, "--schedule", "wsd:decay_fraction=0.1,decay_fraction=0.2"], "is given twice"),
+    (["arena", *QUICK, "--parametrization", "mup"], "quadratic has none"),
+    (["arena", *QUICK, "--storage", "notaurl"], "invalid storage URL 'notaurl'"),
+    (["arena", *QUICK, "--storage", "postgresql+nosuchdriver://u@h/db"], "no database driver"),
+    (["arena", *QUICK, "--storage", "postgresql+psycopg://u@127.0.0.1:1/db"], "cannot reach the database"),
+    (["arena", *QUICK, "--seed", "-1"], "seed"),
+    (["arena", *QUICK, "--seed", str(2**40)], "seed"),
+    (["arena", *QUICK, "--workers", "0"], "workers"),
+    (["arena", *QUICK, "--steps", str(10**12)], "steps"),
+    (["arena", *QUICK, "--optimizers", "adamw,lionn"], "Did you mean 'lion'"),
+    (["run", "--workload", "quadratic", "--scale", "huge"], "unknown quadratic scale 'huge'; valid scales: default"),
+    (["run", "--workload", "quadratic", "--seed", "-1"], "--seed must be an integer from 0"),
+    (["run", "--workload", "quadratic", "--schedule", "wsd:decay_fraction=2"], "got decay_fraction=2"),
+    (["run", "--workload", "quadratic", "--hparams", "{lr: 1"], "--hparams must be a JSON object"),
+    (["run", "--workload", "quadratic", "--storage", "notaurl"], "invalid storage URL"),
+    (["run", "--workload", "quadratic", "--hparams", '{"lr": -1}'], "lr"),
+    (["run", "--workload", "quadratic", "--optimizer", "drop_muon"], "DropMuon needs at least one layer"),
+    (["coord-check", "--include", "(["], "--include must be a regular expression"),
+    (["coord-check", "--optimizer", "adamx"], "unknown optimizer 'adamx'"),
+    (["coord-check", "--widths", "16,x"], "--widths takes comma-separated integers"),
+])
+def test_bad_options_end_in_one_line_before_anything_trains(tmp_path, args, message):
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / ("x.png" if args[0] == "coord-check" else "out"))])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "out" / "results.db").exists() or args[0] == "run"
+
+
+def test_out_naming_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    for args in (["arena", *QUICK], ["run", "--workload", "quadratic"]):
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "file")])
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+        assert "must be a folder" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def no_hidden_matrix(tmp_path_factory):
+    """adamw, mkor (its AdamW rule only) and drop_muon (which refuses) on quadratic, a problem with no hidden matrix."""
+    out = tmp_path_factory.mktemp("flat")
+    result = runner.invoke(app, ["arena", "--workloads", "quadratic", "--optimizers", "adamw,mkor,drop_muon",
+                                 "--trials", "2", "--seeds", "1", "--steps", "3", "--out", str(out)])
+    return out, result
+
+
+def test_a_cell_with_only_failed_trials_fails_the_arena_and_says_why(no_hidden_matrix):
+    out, result = no_hidden_matrix
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert text.count("drop_muon: 2 runs failed: ValueError: DropMuon needs at least one layer") == 1
+    assert "quadratic/default/drop_muon@3: no finished trial (2 of 2 trials failed, 0 diverged)" in text
+    report = (out / "report.md").read_text()
+    assert report.count("Failed: drop_muon, 2 runs: `ValueError: DropMuon needs at least one layer") == 1
+    assert "all failed" in report
+
+
+def test_a_matrix_optimizer_without_hidden_matrices_is_labelled(no_hidden_matrix):
+    out, _ = no_hidden_matrix
+    rows = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")]
+    mkor = next(r for r in rows if "| mkor |" in r and "±" in r)
+    adamw = next(r for r in rows if "| adamw |" in r and "±" in r)
+    assert "no hidden matrix: ran its AdamW rule" in mkor and "no hidden matrix" not in adamw
+
+
+def test_report_shows_failure_reasons_again(no_hidden_matrix):
+    out, _ = no_hidden_matrix
+    result = runner.invoke(app, ["report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "drop_muon: 2 runs failed: ValueError: DropMuon" in " ".join(result.output.split())
+
+
+def test_predict_refuses_a_folder_as_its_plot(tmp_path):
+    result = runner.invoke(app, ["predict", "--out", str(tmp_path), "--fit", "1", "--plot", str(tmp_path)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "is a folder; name a PNG file" in " ".join(result.output.split())

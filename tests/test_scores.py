@@ -253,4 +253,20 @@ def test_report_shows_divergence_steps_failures_and_times(tmp_path):
     columns = [c.strip() for c in lines[header].strip("|").split("|")]
     row = [c.strip() for c in lines[header + 2].strip("|").split("|")]
     assert row[0] == "adamw" and row[columns.index("diverged at step")] == "4"
-    assert "Failed: adamw with lr=7: `ValueError: lr=7.0 is too large`." in report
+    assert "Failed: adamw, 1 run: `ValueError: lr=7.0 is too large`." in report
+
+
+def test_an_optimizer_whose_every_trial_diverged_gets_no_sensitivity_and_no_rank(tmp_path):
+    diverged = [TrialPoint({"lr": lr}, "diverged", None, initial_eval_loss=5.0) for lr in (1e-2, 1e-1, 1.0)]
+    assert lr_sensitivity_from_trials(diverged) == (None, "every trial diverged")
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    _add_run(store, "s", "adamw", 100, {"lr": 1e-3}, 3.5, trial=0)
+    _add_run(store, "s", "adamw", 100, {"lr": 1e-2}, 3.0, trial=1)
+    _add_run(store, "s", "sgd", 100, {"lr": 1e-1}, None, trial=0)
+    _add_run(store, "s", "sgd", 100, {"lr": 1.0}, None, trial=1)
+    [problem] = summarize_study(store, "s")
+    rows = {row["optimizer"]: row for row in ranking_rows(problem)}
+    assert rows["sgd"]["LR sensitivity"] == "—" and rows["sgd"]["rank"] == "—"
+    assert rows["sgd"]["final eval loss"] == "all diverged" and rows["sgd"]["trials ok/div/fail"] == "0/2/0"
+    assert rows["adamw"]["LR sensitivity"] == "0.2500" and rows["adamw"]["rank"] == "1"
+    assert "note" not in rows["adamw"]  # no optimizer ran anything but its own rule

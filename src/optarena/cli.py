@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Optimizers from the literature, compared fairly.")
@@ -51,8 +55,60 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """One line naming what is wrong and what would be valid, exit code 2."""
+    console.print(f"[bold red]error:[/] {escape(one_line(message))}", soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error as one line: pydantic's per-field errors joined, without its links and prefixes."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        parts = []
+        for e in error.errors():
+            message = str(e.get("msg", "")).removeprefix("Value error, ")
+            field = ".".join(str(x) for x in e.get("loc", ()))
+            parts.append(f"{field}: {message}" if field else message)
+        return "; ".join(parts)
+    return " ".join(str(error).split())
+
+
+def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A command whose unusable results database ends it with one line and exit code 2, wherever it is found."""
+    import sqlalchemy as sa
+
+    from optarena.arena.store import StoreError, damaged, is_damaged, storage_url
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except StoreError as err:
+            _fail(str(err))
+        except sa.exc.DBAPIError as err:  # damage found past the checks on opening (a page read later)
+            if not is_damaged(err):
+                raise
+            _fail(damaged(storage_url(kwargs.get("storage"), kwargs.get("out", Path("arena-results"))), err))
+
+    return wrapper
+
+
+def _open(url: str, **kwargs: Any):
+    """The results store at ``url``, its repairs said on the console."""
+    from optarena.arena.store import open_store
+
+    store = open_store(url, **kwargs)
+    for note in store.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    return store
+
+
+def _check_seed(seed: int) -> None:
+    from optarena.arena.runner import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed}")
 
 
 def _print_rankings(scores, settings: dict) -> None:
@@ -76,6 +132,7 @@ def _print_rankings(scores, settings: dict) -> None:
 
 
 @app.command()
+@guarded
 def arena(
     workloads: str = typer.Option("lm", help="comma-separated workloads"),
     scales: str = typer.Option(None, help="comma-separated scales (default: each workload's first)"),
@@ -113,7 +170,8 @@ def arena(
             storage=storage, horizons=horizon_values, workers=workers, parametrization=parametrization,
         )
     except (ValidationError, ValueError) as err:
-        _fail(str(err))
+        _fail(one_line(err))
+    _open(config.storage_url())  # reachable, readable and ours, before anything trains
     settings = config.study_settings()
     runs_total = (len(workload_scales(config)) * len(config.horizons) * len(config.optimizers)
                   * (settings["trials"] + settings["seeds"] - 1))
@@ -137,9 +195,26 @@ def arena(
     _print_rankings(scores, settings)
     console.print(f"report: {config.out / 'report.md'} (and report.html)  database: {config.storage_url()}  "
                   f"wall time: {time.perf_counter() - started:.0f} s")
+    if _print_failures(scores):
+        raise typer.Exit(code=1)
+
+
+def _print_failures(scores) -> bool:
+    """Why runs failed, each reason once with its count; True if a cell ended with no finished trial."""
+    from optarena.arena.report import empty_cells, failure_lines
+
+    for problem in scores.problems:
+        for line in failure_lines(problem):
+            console.print(f"[yellow]{escape(problem.workload)}/{escape(problem.scale)}:[/] {escape(line)}",
+                          soft_wrap=True)
+    empty = empty_cells(scores)
+    for line in empty:
+        console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+    return bool(empty)
 
 
 @app.command()
+@guarded
 def run(
     optimizer: str = typer.Option("adamw", help="registry name"),
     workload: str = typer.Option("lm"),
@@ -154,23 +229,41 @@ def run(
     """Train one configuration and record it."""
     from pydantic import ValidationError
 
-    from optarena.arena.store import open_store, storage_url
+    from optarena.arena.runner import check_out_dir
+    from optarena.arena.store import storage_url
     from optarena.arena.trainer import RunConfig, train
     from optarena.arena.workloads import get_workload
-    from optarena.schedules import parse_schedule
+    from optarena.optim import create_optimizer
+    from optarena.schedules import make_schedule, parse_schedule
 
     try:
-        overrides = json.loads(hparams)
+        try:
+            overrides = json.loads(hparams)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--hparams must be a JSON object such as '{{\"lr\": 0.003}}', got {hparams!r} ({err})"
+                             ) from None
         if not isinstance(overrides, dict):
             raise ValueError(f"--hparams must be a JSON object, got {hparams!r}")
+        _check_seed(seed)
+        if steps is not None and not 1 <= steps <= 10**9:
+            raise ValueError(f"--steps must be an integer from 1 to 10^9, got {steps}")
+        check_out_dir(out)
         name, options = parse_schedule(schedule)
-        chosen_scale = scale or get_workload(workload).scales[0]
+        spec = get_workload(workload)
+        chosen_scale = scale or spec.scales[0]
+        if chosen_scale not in spec.scales:
+            raise ValueError(f"unknown {workload} scale {chosen_scale!r}; valid scales: {', '.join(spec.scales)}")
         config = RunConfig(workload=workload, scale=chosen_scale, optimizer=optimizer, hparams=overrides,
                            steps=steps, schedule=name, schedule_options=options, seed=seed)
+        total = config.resolved_steps()
+        make_schedule(name, total, round(config.warmup_fraction * total), **options)
         _check_hparams(optimizer, overrides)
-    except (ValidationError, ValueError, json.JSONDecodeError) as err:
-        _fail(str(err))
-    store = open_store(storage_url(storage, out))
+        with warnings.catch_warnings():  # built only to check the values; train() builds and warns again
+            warnings.simplefilter("ignore")
+            create_optimizer(optimizer, spec.build(chosen_scale, seed).model, **overrides)
+    except (ValidationError, ValueError, TypeError) as err:
+        _fail(one_line(err))
+    store = _open(storage_url(storage, out))
     with console.status(f"training {optimizer} on {workload}/{chosen_scale}"):
         result = train(config, store, checkpoint_dir=out / "checkpoints")
     loss = f"{result.final_eval_loss:.4f}" if result.final_eval_loss is not None else "—"
@@ -178,7 +271,7 @@ def run(
     if result.status == "diverged":
         console.print(f"diverged at step {result.diverged_step}")
     if result.error:
-        console.print(result.error)
+        console.print(escape(result.error))
         raise typer.Exit(code=1)
 
 
@@ -194,31 +287,46 @@ def _check_hparams(optimizer: str, overrides: dict) -> None:
 
 
 @app.command()
+@guarded
 def report(
     out: Path = typer.Option(Path("arena-results")),
     storage: str = typer.Option(None),
     study: str = typer.Option(None, help="study name (default: the latest)"),
 ) -> None:
-    """Re-render the report and ranking tables from the database."""
+    """Re-render the report and ranking tables from the database (a read-only folder: the tables only)."""
+    import os
+
     from optarena.arena.report import write_report
-    from optarena.arena.store import open_store, storage_url
+    from optarena.arena.store import sqlite_path, storage_url
 
     url = storage_url(storage, out)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
         _fail(f"no results database at {url}; run `optarena arena --out {out}` first")
-    store = open_store(url)
+    store = _open(url)
     studies = dict(store.studies())
     if not studies:
         _fail(f"the database {url} holds no arena study yet")
     name = study or list(studies)[-1]
     if name not in studies:
         _fail(f"unknown study {name!r}; known: {', '.join(studies)}")
+    writable = os.access(out, os.W_OK) if out.is_dir() else not out.exists()
+    if store.read_only or not writable:
+        from optarena.arena.scores import score_study
+
+        scores = score_study(store, name, baseline=studies[name].get("baseline", "adamw"))
+        _print_rankings(scores, studies[name])
+        _print_failures(scores)
+        console.print(f"{out} is read-only: the rankings are printed, report.md and report.html not rewritten")
+        return
     scores = write_report(store, name, out, studies[name])
     _print_rankings(scores, studies[name])
+    _print_failures(scores)
     console.print(f"report: {out / 'report.md'} (and report.html)")
 
 
 # Commands defined in optarena.commands.<name> are registered below, one line each.
-app.command("predict")(__import__("optarena.commands.predict", fromlist=["predict_command"]).predict_command)
+app.command("predict")(guarded(__import__("optarena.commands.predict", fromlist=["predict_command"]).predict_command))
 app.command("suggest")(__import__("optarena.commands.suggest", fromlist=["suggest_command"]).suggest_command)
-app.command("coord-check")(__import__("optarena.commands.coord_check", fromlist=["coord_check_command"]).coord_check_command)
+app.command("coord-check")(
+    __import__("optarena.commands.coord_check", fromlist=["coord_check_command"]).coord_check_command)

@@ -10,6 +10,7 @@ caller prints the same numbers without computing them again.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,10 @@ from optarena.arena.render import Block, render_html, render_markdown
 from optarena.arena.scores import StudyScores, score_study
 from optarena.arena.search import APPROX_BEST_TOLERANCE
 from optarena.arena.store import ResultStore
-from optarena.arena.summaries import ProblemSummary
+from optarena.arena.summaries import OptimizerSummary, ProblemSummary
 from optarena.scaling.data_scaling import DataEquivalentSpeedup
 
-__all__ = ["format_hparams", "ranking_rows", "write_report"]
+__all__ = ["empty_cells", "failure_lines", "format_hparams", "ranking_rows", "write_report"]
 
 
 def format_hparams(hparams: dict[str, Any] | None) -> str:
@@ -48,16 +49,26 @@ def _budget(runs: int, steps: int) -> str:
     return f"{_count(runs, 'run')} / {steps:,} steps"
 
 
+def _no_result(s: OptimizerSummary) -> str:
+    """Why an optimizer has no final loss on a problem."""
+    if s.trials and s.n_diverged == len(s.trials):
+        return "all diverged"
+    if s.trials and s.n_failed == len(s.trials):
+        return "all failed"
+    return "no finished trial"
+
+
 def ranking_rows(problem: ProblemSummary) -> list[dict[str, str]]:
     """The ranking table of one problem as strings, best first (shared by the CLI and the reports)."""
     rows = []
+    noted = any(s.note for s in problem.optimizers)
     for rank, s in enumerate(problem.optimizers, start=1):
         finite = bool(s.final_losses)
         speedup = _fmt(s.speedup, ".2f") + "x" if s.speedup is not None else ("not reached" if finite else "—")
         rows.append({
             "rank": str(rank) if finite else "—",
             "optimizer": s.optimizer,
-            "final eval loss": f"{s.mean:.4f} ± {s.ci95:.4f}" if finite else "no finished trial",
+            "final eval loss": f"{s.mean:.4f} ± {s.ci95:.4f}" if finite else _no_result(s),
             "seeds": str(len(s.final_losses)),
             f"steps to {problem.baseline} loss": _fmt(s.steps_to_target, ".0f"),
             f"speedup vs {problem.baseline}": speedup,
@@ -70,7 +81,32 @@ def ranking_rows(problem: ProblemSummary) -> list[dict[str, str]]:
         })
         for name in problem.metric_names:  # accuracy, ...: mean over the best configuration's seeds
             rows[-1][f"final {name}"] = _fmt(s.metrics.get(name))
+        if noted:
+            rows[-1]["note"] = s.note or "—"
     return rows
+
+
+def _failure_reasons(problem: ProblemSummary) -> list[tuple[str, int, str]]:
+    """(optimizer, count, reason) per distinct reason its trials failed with (errors, not divergences)."""
+    out = []
+    for s in problem.optimizers:
+        reasons = Counter((t.error or "no error recorded").strip().splitlines()[0]
+                          for t in s.trials if t.status == "failed")
+        out += [(s.optimizer, n, reason) for reason, n in reasons.items()]
+    return out
+
+
+def failure_lines(problem: ProblemSummary) -> list[str]:
+    """Why trials failed: each reason once, with its count (for the console)."""
+    return [f"{name}: {_count(n, 'run')} failed: {reason}" for name, n, reason in _failure_reasons(problem)]
+
+
+def empty_cells(scores: StudyScores) -> list[str]:
+    """The cells that ended without a finished trial because their runs failed (not diverged), one line each."""
+    return [f"{problem.workload}/{problem.scale}/{s.optimizer}@{problem.steps}: no finished trial "
+            f"({s.n_failed} of {_count(len(s.trials), 'trial')} failed, {s.n_diverged} diverged)"
+            for problem in scores.problems for s in problem.optimizers
+            if not s.final_losses and s.n_failed]
 
 
 
@@ -102,10 +138,8 @@ def _details_rows(problem: ProblemSummary) -> list[dict[str, str]]:
 
 
 def _failures(problem: ProblemSummary) -> list[str]:
-    """One line per failed trial (a harness or configuration error, not a divergence): what it ran, why it failed."""
-    return [f"Failed: {s.optimizer} with {format_hparams(t.hparams)}: "
-            f"`{(t.error or 'no error recorded').strip().splitlines()[0]}`."
-            for s in problem.optimizers for t in s.trials if t.status == "failed"]
+    """The report's paragraph per failure reason."""
+    return [f"Failed: {name}, {_count(n, 'run')}: `{reason}`." for name, n, reason in _failure_reasons(problem)]
 
 
 def _study_rows(scores: StudyScores) -> list[dict[str, str]]:

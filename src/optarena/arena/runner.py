@@ -16,6 +16,7 @@ each tuned on its own, so the analysis can fit final loss against budget.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from optarena.arena.claims import Claims, retry_on_race
@@ -33,10 +35,13 @@ from optarena.arena.store import Cell, ResultStore, open_store, storage_url
 from optarena.arena.trainer import RunConfig, RunResult
 from optarena.arena.tuner import DONE, PROTOCOLS, RAN, CellResult, CellTuner
 from optarena.arena.workloads import get_workload
+from optarena.arena.workloads.base import MupWorkload
 from optarena.optim import get_spec
-from optarena.schedules import parse_schedule
+from optarena.schedules import make_schedule, parse_schedule
 
-__all__ = ["BUDGETS", "ArenaConfig", "workload_scales", "horizon_steps", "run_arena"]
+__all__ = ["BUDGETS", "MAX_SEED", "ArenaConfig", "check_out_dir", "workload_scales", "horizon_steps", "run_arena"]
+
+MAX_SEED = 2**31 - 1  # seeds feed torch, numpy and Optuna, whose generators take 32-bit seeds
 
 # preset -> (trials per optimizer, seeds for the best configuration, steps override or None = workload
 # default, evaluations per run)
@@ -56,20 +61,20 @@ class ArenaConfig(BaseModel):
     scales: list[str] | None = None  # None: each workload's first scale
     optimizers: list[str] = Field(default_factory=lambda: ["adamw", "sgd", "muon", "lion"])
     budget: str = "default"
-    trials: int | None = Field(None, ge=1)
-    seeds: int | None = Field(None, ge=1)
-    steps: int | None = Field(None, ge=1)
+    trials: int | None = Field(None, ge=1, le=10_000)
+    seeds: int | None = Field(None, ge=1, le=1_000)
+    steps: int | None = Field(None, ge=1, le=10**9)
     protocol: str = "random"
     schedule: str = "cosine"
     warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     baseline: str = "adamw"
     out: Path = Path("arena-results")
     storage: str | None = None
     horizons: list[float] = Field(default_factory=lambda: [1.0])  # multiples of each cell's step budget
     parametrization: Literal["standard", "mup"] = "standard"  # mup: width workloads only (lm)
-    workers: int = Field(1, ge=1)  # processes on this machine; not part of the study's identity
+    workers: int = Field(1, ge=1, le=256)  # processes on this machine; not part of the study's identity
     lease_seconds: float = Field(120.0, gt=0)  # a claim without heartbeat for this long is taken over
 
     @field_validator("workloads")
@@ -112,6 +117,12 @@ class ArenaConfig(BaseModel):
         parse_schedule(value)
         return value
 
+    @field_validator("out")
+    @classmethod
+    def _out_is_a_folder(cls, value: Path) -> Path:
+        check_out_dir(value)
+        return value
+
     @field_validator("horizons")
     @classmethod
     def _valid_horizons(cls, value: list[float]) -> list[float]:
@@ -131,11 +142,19 @@ class ArenaConfig(BaseModel):
             unknown = sorted(set(self.scales) - known)
             if unknown:
                 raise ValueError(f"scales {unknown} belong to none of {self.workloads}; valid: {sorted(known)}")
+        if self.parametrization == "mup":
+            flat = [w for w in self.workloads if not isinstance(get_workload(w), MupWorkload)]
+            if flat:
+                raise ValueError(f"parametrization 'mup' needs workloads with a width, like 'lm'; "
+                                 f"{', '.join(flat)} {'has' if len(flat) == 1 else 'have'} none")
+        schedule, options = parse_schedule(self.schedule)
         for workload, scale in workload_scales(self):
             steps = horizon_steps(self, workload, scale)
             if len(set(steps)) != len(steps):
                 raise ValueError(f"horizons {self.horizons} give the same number of steps twice on "
                                  f"{workload}/{scale} ({steps}); use horizons further apart or more steps")
+            for n in steps:  # build it as every run will: options that depend on the budget are checked too
+                make_schedule(schedule, n, round(self.warmup_fraction * n), **options)
         return self
 
     def resolved(self) -> dict[str, Any]:
@@ -160,6 +179,13 @@ class ArenaConfig(BaseModel):
     def study_name(self) -> str:
         blob = json.dumps(self.study_settings(), sort_keys=True)
         return "arena-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output folder that is an existing file, or lies under one."""
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--out {str(out)!r} must be a folder, but {str(path)!r} is a file")
 
 
 def workload_scales(config: ArenaConfig) -> list[tuple[str, str]]:
@@ -289,4 +315,6 @@ def run_arena(
             except subprocess.TimeoutExpired:
                 child.terminate()
                 child.wait()
+        with contextlib.suppress(sa.exc.SQLAlchemyError):  # e.g. another arena still writing: its end does it
+            store.checkpoint()  # results.db alone now holds every result (a copy needs no -wal file)
     return store, study, [t.result() for t in tuners]

@@ -15,12 +15,20 @@ SQLAlchemy Core over any database URL (:func:`storage_url`); a SQLite file by de
 A :class:`Cell` (workload, scale, steps, optimizer) is the unit the arena tunes; every run
 belongs to the cell its configuration names (:attr:`RunRecord.cell`). A run in status
 ``running`` whose process died is simply restarted under the same key.
+
+Opening a store checks it first: a database that cannot be read (not SQLite, truncated,
+corrupt) or that holds another application's tables raises :class:`StoreError`, naming it and
+what to do; one of our tables dropped by hand is recreated (with the rows that pointed into it)
+and said so in :attr:`ResultStore.notes`. A SQLite file in a folder we cannot write is opened
+read-only (``read_only``), so reports can be rebuilt from an archived results folder.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -28,8 +36,8 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 
 __all__ = [
-    "Cell", "CurvePoint", "ResultStore", "RunRecord", "default_storage_url", "normalize_storage_url", "open_store",
-    "storage_url",
+    "Cell", "CurvePoint", "ResultStore", "RunRecord", "StoreError", "damaged", "default_storage_url", "is_damaged",
+    "normalize_storage_url", "open_store", "sqlite_path", "storage_url",
 ]
 
 _metadata = sa.MetaData()
@@ -96,6 +104,17 @@ study_run_table = sa.Table(
 
 FINISHED = ("ok", "diverged")
 
+# Optuna's tables share the database (see optarena.arena.studies); anything else belongs to someone else.
+_OPTUNA_TABLES = frozenset({
+    "alembic_version", "studies", "study_directions", "study_system_attributes", "study_user_attributes",
+    "trial_heartbeats", "trial_intermediate_values", "trial_params", "trial_system_attributes", "trials",
+    "trial_user_attributes", "trial_values", "version_info",
+})
+
+
+class StoreError(ValueError):
+    """The results database cannot be used as it is; the message names it and what to do."""
+
 
 def default_storage_url(out_dir: str | Path) -> str:
     """A SQLite file ``results.db`` in ``out_dir``."""
@@ -121,11 +140,41 @@ def normalize_storage_url(url: str) -> str:
     return url
 
 
-def open_store(url: str) -> "ResultStore":
+def open_store(url: str, *, read_only: bool | None = None) -> "ResultStore":
     """The store at ``url``; several workers may create its tables at once (their races are retried)."""
     from optarena.arena.claims import retry_on_race
 
-    return retry_on_race(lambda: ResultStore(url))
+    return retry_on_race(lambda: ResultStore(url, read_only=read_only))
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for other databases and in-memory SQLite)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _describe(error: BaseException) -> str:
+    """The first line of a database error, without SQLAlchemy's statement and background link."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def damaged(where: str, error: BaseException) -> str:
+    """What to tell the user about a results database that cannot be read."""
+    return (f"cannot read the results database {where} ({_describe(error)}); it is not an intact optarena database: "
+            f"move it away (a new one is created) or pass another --out/--storage")
+
+
+def is_damaged(error: BaseException) -> bool:
+    """Whether ``error`` says a SQLite file is not a (whole) database."""
+    orig = getattr(error, "orig", error)
+    return isinstance(orig, sqlite3.DatabaseError) and getattr(orig, "sqlite_errorname", "") in (
+        "SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_CANTOPEN", "SQLITE_IOERR_SHORT_READ")
 
 
 @dataclass(frozen=True)
@@ -206,17 +255,92 @@ def _finite_or_none(x: float | None) -> float | None:
 class ResultStore:
     """Thin access layer over the two tables; safe to share between processes via the database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool | None = None) -> None:
         self.url = normalize_storage_url(url)
-        if self.url.startswith("sqlite:///"):
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.notes: list[str] = []  # what opening had to repair, for the caller to show
         try:
-            self.engine = sa.create_engine(self.url, future=True)
+            parsed = sa.engine.make_url(self.url)
+            dialect = parsed.get_dialect()
+        except sa.exc.NoSuchModuleError as err:
+            raise StoreError(f"storage URL {url!r}: no database driver for {err.args[0].rpartition(':')[2]!r}; "
+                             f"valid: sqlite:///PATH, postgresql://USER@HOST/DB (pip install 'optarena[postgres]')"
+                             ) from None
+        except (sa.exc.ArgumentError, ValueError) as err:
+            raise StoreError(f"invalid storage URL {url!r}: {_describe(err)}; give an SQLAlchemy URL such as "
+                             f"sqlite:///results.db or postgresql://USER@HOST/DB") from None
+        path = sqlite_path(self.url)
+        self.where = str(path) if path is not None else parsed.render_as_string(hide_password=True)
+        if path is not None and path.is_dir():
+            raise StoreError(f"the results database {path} is a directory; pass the folder that holds it as --out")
+        if read_only is None:
+            read_only = path is not None and path.exists() and not os.access(path.parent, os.W_OK)
+        self.read_only = read_only
+        try:
+            dialect.import_dbapi()
+        except ImportError as err:
+            raise StoreError(f"storage URL {url!r}: the database driver is not installed ({err}); install it or "
+                             f"use sqlite:///PATH") from None
+        if path is not None and read_only:
+            self.engine = sa.create_engine("sqlite://", creator=lambda: _read_only_sqlite(path))
+        else:
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise StoreError(f"cannot create the folder of the results database {path}: {err}") from None
+            self.engine = sa.create_engine(self.url)
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            _metadata.create_all(self.engine)
-        except sa.exc.ArgumentError as err:
-            raise ValueError(f"invalid storage URL {url!r}: {err}") from None
+        self._check_tables()
+
+    def _check_tables(self) -> None:
+        """Refuse an unreadable or foreign database; recreate our tables that are missing."""
+        try:
+            with self.engine.connect() as conn:
+                present = set(sa.inspect(conn).get_table_names())
+        except sa.exc.DBAPIError as err:
+            if self.engine.dialect.name != "sqlite":
+                raise StoreError(f"cannot reach the database {self.where} ({_describe(err)}); check the URL and "
+                                 f"that the server is running") from None
+            if not is_damaged(err):
+                raise  # e.g. a lock held past the busy timeout: the caller may retry
+            wal = Path(self.where + "-wal")
+            if self.read_only and wal.exists() and wal.stat().st_size > 0:
+                raise StoreError(f"the read-only results database {self.where} has results still in {wal.name} "
+                                 f"({_describe(err)}); open the folder once where it can be written (e.g. a copy) "
+                                 f"to fold them in") from None
+            raise StoreError(damaged(self.where, err)) from None
+        ours = {t for t in present if t.startswith("optarena_")}
+        foreign = sorted(present - ours - _OPTUNA_TABLES)
+        if foreign and not ours:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise StoreError(f"{self.where} holds tables of another application ({shown}), not optarena results; "
+                             f"pass another --out or --storage")
+        missing = sorted(t.name for t in _metadata.sorted_tables if t.name not in present)
+        if self.read_only:
+            if missing and ours:
+                raise StoreError(f"the read-only results database {self.where} lacks tables {missing}; "
+                                 f"open it where it can be written to recreate them")
+            return
+        if self.engine.dialect.name == "sqlite":  # stored in the file: readers do not block the writer (workers)
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        _metadata.create_all(self.engine)
+        if missing and ours:  # some of ours were dropped by hand: drop the rows that pointed into them
+            with self.engine.begin() as conn:
+                runs = sa.select(runs_table.c.id)
+                conn.execute(sa.delete(curve_table).where(curve_table.c.run_id.not_in(runs)))
+                studies = sa.select(study_table.c.name)
+                conn.execute(sa.delete(study_run_table).where(
+                    study_run_table.c.run_id.not_in(runs) | study_run_table.c.study.not_in(studies)))
+            self.notes.append(f"{self.where}: recreated the missing tables {', '.join(missing)}; the runs they "
+                              f"held will be trained again")
+
+    def checkpoint(self) -> None:
+        """Move SQLite's write-ahead log into the database file, so that the file alone holds every result."""
+        if self.engine.dialect.name == "sqlite" and not self.read_only:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- runs -----------------------------------------------------------------
     def get_run(self, key: str) -> RunRecord | None:
@@ -347,10 +471,16 @@ class ResultStore:
             ]
 
 
+def _read_only_sqlite(path: Path) -> sqlite3.Connection:
+    """A read-only connection to ``path``; immutable (no lock or log files) unless a write-ahead log holds data."""
+    wal = path.with_name(path.name + "-wal")
+    immutable = "" if wal.exists() and wal.stat().st_size > 0 else "&immutable=1"
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{immutable}", uri=True, check_same_thread=False)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer (parallel workers)
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 

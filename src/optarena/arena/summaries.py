@@ -22,6 +22,7 @@ Time is measured in steps (the trainer's unit; wall time on a shared CPU is nois
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class OptimizerSummary:
     lr_sensitivity_basis: str = ""  # which runs it averages over, or why there is none
     approx_best: list[TrialPoint] = field(default_factory=list)  # within the tolerance of the best trial, best first
     metrics: dict[str, float] = field(default_factory=dict)  # other final metrics of the best runs, mean over seeds
+    note: str = ""  # what ran differs from the optimizer's own rule (e.g. no hidden matrix to apply it to)
 
     @property
     def mean(self) -> float:
@@ -196,6 +198,8 @@ def lr_sensitivity_from_trials(trials: Sequence[TrialPoint], best_hparams: Mappi
         return None, "no step-0 evaluation stored"
     usable = [t for t in trials if t.status in ("ok", "diverged") and "lr" in t.hparams
               and isinstance(t.hparams["lr"], (int, float)) and t.hparams["lr"] > 0]
+    if usable and not any(t.status == "ok" and t.final_eval_loss is not None for t in usable):
+        return None, "every trial diverged"  # no best loss to measure from: not "perfectly insensitive"
     if len({t.hparams["lr"] for t in usable}) < 2:
         return None, "fewer than 2 learning rates tried"
     basis = f"all {len(usable)} trials (other hyperparameters vary too)"
@@ -262,6 +266,39 @@ def _summarize_optimizer(name: str, entries: list[tuple[str, int | None, RunReco
     return summary
 
 
+def uses_matrix_rule(optimizer: str) -> bool:
+    """Whether ``optimizer`` applies its rule to hidden matrices only, AdamW's to the rest (Muon's family, MKOR)."""
+    from optarena.optim import get_spec
+
+    try:
+        spec = get_spec(optimizer)
+    except ValueError:  # recorded by an install that knew it
+        return False
+    return spec.build_groups is not None and spec.family != "elementwise"
+
+
+@functools.lru_cache(maxsize=None)
+def has_hidden_matrix(workload: str, scale: str) -> bool:
+    """Whether the workload's model has a hidden weight matrix (:func:`optarena.optim.partition_parameters`).
+
+    The model is built on the meta device (no memory, no data); True when the workload is unknown.
+    """
+    import torch
+
+    from optarena.arena.workloads import get_workload
+    from optarena.optim import partition_parameters
+
+    try:
+        with torch.device("meta"):
+            model = get_workload(workload).build(scale, 0).model
+    except Exception:  # a workload that cannot be built on the meta device: build it for real
+        try:
+            model = get_workload(workload).build(scale, 0).model
+        except ValueError:
+            return True
+    return bool(partition_parameters(model).hidden)
+
+
 def time_to_target(summary: OptimizerSummary, target: float, read: CurveReader) -> float | None:
     """Median over the best configuration's seeds of its steps to ``target``; None unless half the seeds reach it."""
     reached = [steps_to_target(read(run_id), target) for run_id in summary.best_run_ids]
@@ -282,6 +319,10 @@ def _summarize(store: ResultStore, study: str, baseline: str, read: CurveReader)
     for (workload, scale, steps) in sorted(by_problem, key=lambda c: (order[c[:2]], c[2])):
         per_opt = by_problem[(workload, scale, steps)]
         summaries = [_summarize_optimizer(name, entries, read) for name, entries in per_opt.items()]
+        for s in summaries:
+            if any(t.status != "failed" for t in s.trials) and uses_matrix_rule(s.optimizer) \
+                    and not has_hidden_matrix(workload, scale):
+                s.note = "no hidden matrix: ran its AdamW rule"
         base = next((s for s in summaries if s.optimizer == baseline and s.final_losses), None)
         target = base.mean if base is not None else None
         if target is not None:

@@ -316,7 +316,7 @@ class CellTuner:
             trial = study.ask()
             # Independent TPE samples at suggest time: seeding by the trial's own number makes trial n's
             # proposal a function of (seed, n, history), and concurrent asks never share a seed.
-            study.sampler = optuna.samplers.TPESampler(seed=self.base.seed * 1_000_003 + trial.number)
+            study.sampler = optuna.samplers.TPESampler(seed=(self.base.seed * 1_000_003 + trial.number) % 2**32)
             before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and _tpe_valid(t)]
             if len(before) >= self.n_trials:  # other workers filled the budget meanwhile
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)

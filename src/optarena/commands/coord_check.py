@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["coord_check_command", "lm_coord_check"]
@@ -47,6 +49,30 @@ def lm_coord_check(widths: list[int], *, parametrization: str, steps: int = 4, o
                        seeds=(seed,), apply_multipliers=False, include=include)
 
 
+def _check_options(*, steps: int, n_layer: int, include: str | None, optimizer: str, seed: int, out: Path,
+                   csv_out: Path | None) -> None:
+    """Everything the check would trip over only after its models were built."""
+    from optarena.optim import get_spec
+
+    if not 1 <= steps <= 1000:
+        raise ValueError(f"--steps must be an integer from 1 to 1000, got {steps}")
+    if not 1 <= n_layer <= 64:
+        raise ValueError(f"--n-layer must be an integer from 1 to 64, got {n_layer}")
+    if not 0 <= seed < 2**31:
+        raise ValueError(f"--seed must be an integer from 0 to {2**31 - 1}, got {seed}")
+    if include is not None:
+        try:
+            re.compile(include)
+        except re.error as err:
+            raise ValueError(f"--include must be a regular expression, got {include!r} ({err})") from None
+    get_spec(optimizer)  # an unknown name lists the closest valid ones
+    for flag, path in (("--out", out), ("--csv", csv_out)):
+        if path is not None and (path.is_dir() or (path.parent.exists() and not path.parent.is_dir())):
+            raise ValueError(f"{flag} {str(path)!r} must name a file in an existing folder")
+        if path is not None and not path.parent.exists():
+            raise ValueError(f"{flag} {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+
+
 def coord_check_command(
     widths: str = typer.Option("64,128,256,512", help="comma-separated d_model values (multiples of 16)"),
     steps: int = typer.Option(4, help="training steps recorded (step 0 = init)"),
@@ -65,13 +91,20 @@ def coord_check_command(
 
     console = Console()
     try:
-        width_list = [int(w) for w in widths.split(",") if w.strip()]
+        try:
+            width_list = [int(w) for w in widths.split(",") if w.strip()]
+        except ValueError:
+            raise ValueError(f"--widths takes comma-separated integers such as 64,128, got {widths!r}") from None
         if len(width_list) < 2:
             raise ValueError(f"--widths needs at least two widths, got {widths!r}")
+        if max(width_list) > 8192:
+            raise ValueError(f"--widths must be at most 8192, got {max(width_list)}")
         if parametrization not in ("mup", "standard", "both"):
             raise ValueError(f"--parametrization must be mup, standard or both, got {parametrization!r}")
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"--lr must be a positive number, got {lr}")
+        _check_options(steps=steps, n_layer=n_layer, include=include, optimizer=optimizer, seed=seed, out=out,
+                       csv_out=csv_out)
         chosen = ["standard", "mup"] if parametrization == "both" else [parametrization]
         results = []
         with console.status("running the coordinate check"):
@@ -80,7 +113,7 @@ def coord_check_command(
                                               optimizer=optimizer, lr=lr, base_width=base_width, seed=seed,
                                               n_layer=n_layer, include=include))
     except ValueError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {escape(' '.join(str(err).split()))}", soft_wrap=True)
         raise typer.Exit(code=2)
 
     plot_coord_check(results, str(out), title=f"lm coordinate check: {optimizer}, lr={lr:g}, widths {widths}")

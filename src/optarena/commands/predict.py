@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["curve_arrays", "peak_lr", "predict_command", "run_schedule"]
@@ -96,7 +97,7 @@ def predict_command(
     from optarena.schedules import make_schedule, parse_schedule
 
     def fail(message: str) -> None:
-        console.print(f"[bold red]error:[/] {message}")
+        console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", soft_wrap=True)
         raise typer.Exit(code=2)
 
     def ids(text: str | None, what: str) -> list[int]:
@@ -106,6 +107,8 @@ def predict_command(
             fail(f"--{what} takes comma-separated run ids, got {text!r}")
             return []
 
+    if plot is not None and plot.is_dir():
+        fail(f"--plot {str(plot)!r} is a folder; name a PNG file, e.g. {str(plot / 'predict.png')!r}")
     url = storage or default_storage_url(out)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         fail(f"no results database at {url}; record runs first (optarena run / optarena arena --out {out})")

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["parse_count", "suggest_command"]
@@ -97,7 +98,7 @@ def suggest_command(
         rows = suggest(n, d, seq_len=seq_len, batch_size=batch_size, base_width=base_width, width=width,
                        base_lr=base_lr, base_weight_decay=base_weight_decay, wd_exponent=wd_exponent, fits=fits)
     except ValueError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {escape(' '.join(str(err).split()))}", soft_wrap=True)
         raise typer.Exit(code=2)
 
     table = Table(title=f"Suggested hyperparameters for N = {n:.3g} non-embedding parameters, D = {d:.3g} tokens")

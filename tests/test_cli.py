@@ -96,6 +96,21 @@ def test_arena_parametrization_switch_reaches_the_runs(tmp_path):
     assert bad.exit_code == 2 and "parametrization" in bad.output
 
 
+def test_skip_nonfinite_grads_reaches_the_runs_and_the_study_identity(tmp_path):
+    args = ["arena", "--workloads", "quadratic", "--optimizers", "sgd", "--trials", "1", "--seeds", "1",
+            "--steps", "3"]
+    plain = runner.invoke(app, [*args, "--out", str(tmp_path / "plain")])
+    skipping = runner.invoke(app, [*args, "--skip-nonfinite-grads", "--out", str(tmp_path / "skip")])
+    assert plain.exit_code == 0 and skipping.exit_code == 0, plain.output + skipping.output
+    with sqlite3.connect(tmp_path / "skip" / "results.db") as db:
+        [(config, metrics)] = db.execute("select config, metrics from optarena_runs").fetchall()
+        [skip_study] = db.execute("select name from optarena_study").fetchone()
+    with sqlite3.connect(tmp_path / "plain" / "results.db") as db:
+        [plain_study] = db.execute("select name from optarena_study").fetchone()
+    assert '"skip_nonfinite_grads": true' in config and '"skipped_steps": 0' in metrics
+    assert skip_study != plain_study
+
+
 QUICK = ["--workloads", "quadratic", "--optimizers", "adamw", "--trials", "1", "--seeds", "1", "--steps", "2"]
 
 

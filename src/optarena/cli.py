@@ -16,6 +16,8 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Optimizers from the literature, compared fairly.")
 console = Console()
+SKIP_HELP = ("skip steps whose gradient is not finite (parameters and optimizer state untouched, the count "
+             "recorded as the metric skipped_steps) instead of letting the run diverge")
 
 
 @app.command("list")
@@ -151,6 +153,7 @@ def arena(
     seed: int = typer.Option(0, help="base seed"),
     out: Path = typer.Option(Path("arena-results"), help="output directory"),
     storage: str = typer.Option(None, help="SQLAlchemy URL (default: a SQLite file in --out)"),
+    skip_nonfinite_grads: bool = typer.Option(False, help=SKIP_HELP),
 ) -> None:
     """Tune every optimizer with the same budget, then rank them (rerunning resumes)."""
     from pydantic import ValidationError
@@ -168,6 +171,7 @@ def arena(
             workloads=_split(workloads), scales=_split(scales), optimizers=_split(optimizers), budget=budget,
             trials=trials, seeds=seeds, steps=steps, protocol=protocol, schedule=schedule, seed=seed, out=out,
             storage=storage, horizons=horizon_values, workers=workers, parametrization=parametrization,
+            skip_nonfinite_grads=skip_nonfinite_grads,
         )
     except (ValidationError, ValueError) as err:
         _fail(one_line(err))
@@ -225,6 +229,7 @@ def run(
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("arena-results")),
     storage: str = typer.Option(None),
+    skip_nonfinite_grads: bool = typer.Option(False, help=SKIP_HELP),
 ) -> None:
     """Train one configuration and record it."""
     from pydantic import ValidationError
@@ -254,7 +259,8 @@ def run(
         if chosen_scale not in spec.scales:
             raise ValueError(f"unknown {workload} scale {chosen_scale!r}; valid scales: {', '.join(spec.scales)}")
         config = RunConfig(workload=workload, scale=chosen_scale, optimizer=optimizer, hparams=overrides,
-                           steps=steps, schedule=name, schedule_options=options, seed=seed)
+                           steps=steps, schedule=name, schedule_options=options, seed=seed,
+                           skip_nonfinite_grads=skip_nonfinite_grads)
         total = config.resolved_steps()
         make_schedule(name, total, round(config.warmup_fraction * total), **options)
         _check_hparams(optimizer, overrides)

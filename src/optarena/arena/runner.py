@@ -74,6 +74,7 @@ class ArenaConfig(BaseModel):
     storage: str | None = None
     horizons: list[float] = Field(default_factory=lambda: [1.0])  # multiples of each cell's step budget
     parametrization: Literal["standard", "mup"] = "standard"  # mup: width workloads only (lm)
+    skip_nonfinite_grads: bool = False  # skip (and count) steps whose gradient is not finite, instead of diverging
     workers: int = Field(1, ge=1, le=256)  # processes on this machine; not part of the study's identity
     lease_seconds: float = Field(120.0, gt=0)  # a claim without heartbeat for this long is taken over
 
@@ -173,6 +174,8 @@ class ArenaConfig(BaseModel):
             del data["horizons"]  # the default budget alone: the name depends only on what was asked for
         if self.parametrization == "standard":
             del data["parametrization"]
+        if not self.skip_nonfinite_grads:
+            del data["skip_nonfinite_grads"]  # off by default: existing studies keep their names
         data.update(self.resolved())
         return data
 
@@ -221,6 +224,7 @@ def _tuners(config: ArenaConfig, store: ResultStore, claims: Claims, study: str,
                     schedule_options=schedule_options, warmup_fraction=config.warmup_fraction, steps=steps,
                     seed=config.seed, grad_clip=config.grad_clip,
                     eval_every=max(1, steps // budget["evaluations"]), parametrization=config.parametrization,
+                    skip_nonfinite_grads=config.skip_nonfinite_grads,
                 )
                 tuner = CellTuner(
                     base, store, claims, study=study, n_trials=budget["trials"], seeds=budget["seeds"],

@@ -1,7 +1,7 @@
 """The compiled update kernels behind ``fused=True`` (``optarena.optim.kernels.compiled``).
 
 That fused steps follow the foreach trajectory is checked for every optimizer in
-``test_battery.py::test_fused_matches_foreach``; this file covers the machinery.
+``tests/optim/test_battery.py::test_fused_matches_foreach``; this file covers the machinery.
 """
 
 from __future__ import annotations

@@ -370,7 +370,7 @@ def test_schedule_names_quoted_in_the_package_are_registered():
     from pathlib import Path
 
     quoted = re.compile(r"""(?:make_schedule|parse_schedule)\(\s*["']([a-z0-9_]+)""")
-    root = Path(__file__).resolve().parents[1] / "src" / "optarena"
+    root = Path(__file__).resolve().parents[2] / "src" / "optarena"
     found = {m.group(1): str(path.relative_to(root)) for path in root.rglob("*.py") for m in quoted.finditer(path.read_text())}
     assert found, "the pattern should find the schedules the package builds"
     assert {name: where for name, where in found.items() if name not in SCHEDULES} == {}

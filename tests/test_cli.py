@@ -111,6 +111,18 @@ def test_skip_nonfinite_grads_reaches_the_runs_and_the_study_identity(tmp_path):
     assert skip_study != plain_study
 
 
+def test_ctrl_c_ends_the_arena_with_one_line_on_how_to_resume(tmp_path, monkeypatch):
+    import optarena.arena.runner as runner_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module, "run_arena", interrupted)
+    result = runner.invoke(app, ["arena", "--workloads", "quadratic", "--out", str(tmp_path)])
+    assert result.exit_code == 130
+    assert "rerun the same command to resume" in result.output and "Traceback" not in result.output
+
+
 QUICK = ["--workloads", "quadratic", "--optimizers", "adamw", "--trials", "1", "--seeds", "1", "--steps", "2"]
 
 

@@ -77,7 +77,8 @@ def one_line(error: BaseException | str) -> str:
 
 
 def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
-    """A command whose unusable results database ends it with one line and exit code 2, wherever it is found."""
+    """A command whose unusable results database ends it with one line and exit code 2, wherever it is found,
+    and whose Ctrl-C ends it with one line saying how to resume (exit code 130)."""
     import sqlalchemy as sa
 
     from optarena.arena.store import StoreError, damaged, is_damaged, storage_url
@@ -92,6 +93,10 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
             if not is_damaged(err):
                 raise
             _fail(damaged(storage_url(kwargs.get("storage"), kwargs.get("out", Path("arena-results"))), err))
+        except KeyboardInterrupt:
+            console.print("interrupted: finished runs are stored; rerun the same command to resume "
+                          "(each unfinished run restarts from its last checkpoint)")
+            raise typer.Exit(code=130) from None
 
     return wrapper
 

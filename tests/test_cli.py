@@ -27,7 +27,8 @@ def test_smoke_arena_writes_database_report_and_plots(smoke):
         assert name in output
     assert "2 trials" in report and "2 seeds" in report  # the budget stands next to the numbers
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert pngs == ["curves_lm_tiny.png", "lr_lm_tiny.png"]
+    assert pngs == ["curves_lm_tiny.png", "lr_lm_tiny.png", "training_lm_tiny.png"]
+    assert "(plots/training_lm_tiny.png)" in report  # the curves' gradient norms and stability proxies, plotted
     assert all((out / "plots" / p).stat().st_size > 10_000 for p in pngs)
     with sqlite3.connect(out / "results.db") as db:
         statuses = dict(db.execute("select status, count(*) from optarena_runs group by status").fetchall())

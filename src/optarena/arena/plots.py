@@ -1,7 +1,9 @@
 """The report's figures: loss curves, loss against learning rate, performance profiles, budget and scale.
 
 Per problem, the loss curves of each optimizer's best configuration (band: min–max over seeds)
-and the final loss against the learning rate of every trial; across the study, the performance
+and the final loss against the learning rate of every trial; the training signals of each best
+configuration's first seed (train loss against wall-clock time, gradient norm and, where the model
+records them, the stability proxies against tokens seen); across the study, the performance
 profiles, final loss and speedup against the budget (per workload and scale with several
 budgets) and speedup against scale (per workload with several scales).
 """
@@ -23,7 +25,7 @@ from optarena.arena.store import ResultStore  # noqa: E402
 from optarena.arena.summaries import ProblemSummary  # noqa: E402
 from optarena.scaling.data_scaling import DataEquivalentSpeedup  # noqa: E402
 
-__all__ = ["plot_budget", "plot_curves", "plot_lr", "plot_profiles", "plot_scale", "scale_order"]
+__all__ = ["plot_budget", "plot_curves", "plot_lr", "plot_profiles", "plot_scale", "plot_training", "scale_order"]
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -61,6 +63,41 @@ def plot_curves(store: ResultStore, problem: ProblemSummary, path: Path) -> None
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+# The curve's training signals: (field, y label, x field, x label); panels without data are left out.
+TRAINING_PANELS = (
+    ("train_loss", "train loss", "wall_time", "wall-clock seconds"),
+    ("grad_norm", "gradient norm (before clipping)", "tokens", "tokens seen"),
+    ("max_attn_logit", "max attention logit", "tokens", "tokens seen"),
+    ("logit_rms", "output-logit RMS", "tokens", "tokens seen"),
+)
+
+
+def plot_training(store: ResultStore, problem: ProblemSummary, path: Path) -> bool:
+    """Each optimizer's best run (first seed) over training; False (no file) when no run has a curve."""
+    curves = {s.optimizer: store.curve(s.best_run_ids[0]) for s in problem.optimizers if s.best_run_ids}
+    panels = [panel for panel in TRAINING_PANELS
+              if any(getattr(p, panel[0]) is not None for curve in curves.values() for p in curve)]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (field, label, x_field, x_label) in zip(axes[0], panels):
+        for optimizer, curve in curves.items():
+            points = [(getattr(p, x_field), getattr(p, field)) for p in curve
+                      if getattr(p, field) is not None and getattr(p, x_field) is not None]
+            if points:
+                ax.plot(*zip(*points), label=optimizer, lw=1)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if x_field == "tokens":
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{problem.workload}/{problem.scale}, {problem.steps} steps: best configuration per optimizer "
+                 "(first seed)", fontsize=10)
+    _save(fig, path)
+    return True
 
 
 def plot_lr(problem: ProblemSummary, path: Path) -> None:

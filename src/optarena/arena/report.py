@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from optarena.arena.plots import plot_budget, plot_curves, plot_lr, plot_profiles, plot_scale, scale_order
+from optarena.arena.plots import plot_budget, plot_curves, plot_lr, plot_profiles, plot_scale, plot_training, scale_order
 from optarena.arena.render import Block, render_html, render_markdown
 from optarena.arena.scores import StudyScores, score_study
 from optarena.arena.search import APPROX_BEST_TOLERANCE
@@ -286,6 +286,7 @@ def _blocks(store: ResultStore, scores: StudyScores, study_config: dict[str, Any
         tag = _tag(problem, budgets[(problem.workload, problem.scale)] > 1)
         plot_curves(store, problem, plots / f"curves_{tag}.png")
         plot_lr(problem, plots / f"lr_{tag}.png")
+        training = plot_training(store, problem, plots / f"training_{tag}.png")
         blocks += [
             Block("h2", f"{problem.workload} / {problem.scale} ({problem.steps} steps)"),
             Block("table", rows=ranking_rows(problem)),
@@ -298,6 +299,8 @@ def _blocks(store: ResultStore, scores: StudyScores, study_config: dict[str, Any
             *(Block("p", line) for line in _failures(problem)),
             Block("img", "loss curves", src=f"plots/curves_{tag}.png"),
             Block("img", "final loss against learning rate", src=f"plots/lr_{tag}.png"),
+            *([Block("img", "training signals: train loss against wall-clock time, gradient norm and stability "
+                            "proxies against tokens", src=f"plots/training_{tag}.png")] if training else []),
         ]
     return blocks
 

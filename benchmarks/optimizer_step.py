@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from optarena.optim import create_optimizer, get_spec, list_optimizers
+from optarena.optim.hooks import hooks_of
 
 
 class ShapeOnlyTransformer(nn.Module):
@@ -137,10 +138,8 @@ def time_steps(make: Callable[[list[torch.nn.Parameter]], Any], model: nn.Module
             probe_times.append(probe())
         for p, g in zip(params, grads):
             p.grad.copy_(g)
-        prepare = getattr(optimizer, "prepare_step", None)
         t0 = time.perf_counter()
-        if callable(prepare):
-            prepare()
+        hooks_of(optimizer).prepare_step()
         optimizer.step(**(first_step_kwargs or {})) if i == 0 else optimizer.step()
         elapsed = time.perf_counter() - t0
         if i >= warmup:

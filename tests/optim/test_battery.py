@@ -28,6 +28,7 @@ from torch import nn
 
 from optarena.optim import create_optimizer, get_spec, list_optimizers
 from optarena.optim.registry import FloatRange
+from optarena.optim.hooks import hooks_of
 
 # SophiaG warns that these problems give it no sampled labels / batch size; that is expected here
 pytestmark = pytest.mark.filterwarnings("ignore:SophiaG")
@@ -176,26 +177,22 @@ def build(name: str, model: nn.Module, **extra: Any) -> torch.optim.Optimizer:
     return create_optimizer(name, model, **{**case_of(name).settings, **extra})
 
 
-def call_hook(opt: Any, hook: str, *args: Any) -> Any:
-    fn = getattr(opt, hook, None)
-    return fn(*args) if callable(fn) else None
-
-
 def train_steps(opt: Any, problem: Problem, steps: int, first_step: int = 0,
                 scheduler: Any = None) -> list[float]:
     """The arena trainer's order of calls; the RNG is reseeded per step so runs can be replayed."""
     losses = []
-    call_hook(opt, "train")
+    hooks = hooks_of(opt)
+    hooks.train()
     for t in range(first_step, first_step + steps):
         torch.manual_seed(1000 + t)
-        call_hook(opt, "prepare_step")
+        hooks.prepare_step()
         loss = problem.loss()
         loss.backward()
         losses.append(loss.item())
         opt.step()
-        if callable(getattr(opt, "hessian_step_due", None)) and opt.hessian_step_due():
+        if hooks.hessian_step_due():
             opt.zero_grad(set_to_none=True)
-            opt.update_hessian(problem.loss, problem.sampled_loss)
+            hooks.update_hessian(problem.loss, problem.sampled_loss)
         opt.zero_grad(set_to_none=True)
         if scheduler is not None:
             scheduler.step()
@@ -203,10 +200,10 @@ def train_steps(opt: Any, problem: Problem, steps: int, first_step: int = 0,
 
 
 def evaluate(opt: Any, problem: Problem) -> float:
-    call_hook(opt, "eval")
+    hooks_of(opt).eval()
     with torch.no_grad():
         value = problem.loss().item()
-    call_hook(opt, "train")
+    hooks_of(opt).train()
     return value
 
 
@@ -258,11 +255,11 @@ def test_goes_downhill_on_a_small_network(name: str) -> None:
 def test_step_accepts_a_closure(name: str) -> None:
     problem = mlp_problem()
     opt = build(name, problem.model)
-    call_hook(opt, "train")
+    hooks_of(opt).train()
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        call_hook(opt, "prepare_step")
+        hooks_of(opt).prepare_step()
         loss = problem.loss()
         loss.backward()
         return loss

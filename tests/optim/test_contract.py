@@ -20,6 +20,7 @@ from torch import nn
 
 from optarena.optim import get_spec
 from optarena.optim.matrix_family import MatrixOptimizer
+from optarena.optim.hooks import hooks_of
 from test_battery import NAMES, Problem, TinyNet, build, each_optimizer, snapshot, train_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore:SophiaG")
@@ -220,13 +221,12 @@ def _compile_run(name: str, compiled: bool, steps: int = 4) -> tuple[dict[str, t
     graphs = []
     for t in range(steps):
         torch.manual_seed(1000 + t)
-        if callable(getattr(opt, "prepare_step", None)):
-            opt.prepare_step()
+        hooks_of(opt).prepare_step()
         problem.loss().backward()
         run()
-        if callable(getattr(opt, "hessian_step_due", None)) and opt.hessian_step_due():
+        if hooks_of(opt).hessian_step_due():
             opt.zero_grad(set_to_none=True)
-            opt.update_hessian(problem.loss, problem.sampled_loss)
+            hooks_of(opt).update_hessian(problem.loss, problem.sampled_loss)
         opt.zero_grad(set_to_none=True)
         graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     return snapshot(problem.model), graphs
@@ -298,17 +298,16 @@ def test_a_non_finite_gradient_is_never_hidden(name: str, fused: bool, where: st
     raised = None
     for t in range(first, first + 3):
         torch.manual_seed(1000 + t)
-        if callable(getattr(opt, "prepare_step", None)):
-            opt.prepare_step()
+        hooks_of(opt).prepare_step()
         problem.loss().backward()
         if poisoned.grad is None:  # Drop-Muon froze the layer this step
             continue
         poisoned.grad.view(-1)[0] = value
         try:
             opt.step()
-            if callable(getattr(opt, "hessian_step_due", None)) and opt.hessian_step_due():
+            if hooks_of(opt).hessian_step_due():
                 opt.zero_grad(set_to_none=True)
-                opt.update_hessian(problem.loss, problem.sampled_loss)
+                hooks_of(opt).update_hessian(problem.loss, problem.sampled_loss)
         except ValueError as error:
             raised = error
         break
